@@ -1,0 +1,100 @@
+"""Building the feeds: scan the collection, render what a feed shows, write what changed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from postroom.collection import PostCollection, Scan
+from postroom.config import Settings
+from postroom.errors import Problem
+from postroom.feeds import plan_feeds, render_feed, tag_slug
+from postroom.output import read_manifest, remove_stale, write_atomic, write_manifest
+from postroom.posts import Post
+from postroom.render import RenderedPost, Renderer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildReport:
+    """What one build did, for the CLI's summary and the daemon's log line."""
+
+    published: int = 0
+    feeds: dict[str, bytes] = field(default_factory=dict)
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    parsed: int = 0
+
+
+class SiteBuilder:
+    """Keeps the collection's cache and rendered posts between builds (the daemon rebuilds often)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        site = settings.site
+        self.collection = PostCollection(settings.posts_dir, site.zone, site.host)
+        self.renderer = Renderer()
+        self._rendered: dict[Post, RenderedPost] = {}
+
+    def rendered(self, post: Post) -> RenderedPost:
+        """Return the post rendered, from the cache when the post has not changed."""
+        cached = self._rendered.get(post)
+        if cached is None:
+            cached = self._rendered[post] = self.renderer.render(self.settings, post)
+        return cached
+
+    def feeds(self, scan: Scan, now: datetime) -> dict[str, bytes]:
+        """Given a scan and the time, return every feed file's relative path and bytes."""
+        published = scan.published(now)
+        limit = self.settings.feeds.entries
+        by_slug: dict[str, str] = {}
+        for post in published:
+            for tag in post.tags:
+                by_slug.setdefault(tag_slug(tag), tag)
+        files: dict[str, bytes] = {}
+        used: set[Post] = set()
+        for spec, tag in plan_feeds(self.settings, sorted(by_slug.values(), key=tag_slug)):
+            chosen = _newest_with_tag(published, tag, limit)
+            used.update(chosen)
+            files[spec.path] = render_feed(spec, [self.rendered(p) for p in chosen])
+        # Forget renderings of posts that left every feed, so memory follows the feeds' size.
+        self._rendered = {p: r for p, r in self._rendered.items() if p in used}
+        return files
+
+    def build(self, now: datetime, *, write: bool = True) -> BuildReport:
+        """Scan, render and (unless write is False) write the feeds; return what happened."""
+        scan = self.collection.scan()
+        report = BuildReport(problems=scan.problems, parsed=scan.parsed)
+        report.published = len(scan.published(now))
+        report.feeds = self.feeds(scan, now)
+        if write:
+            self.write(report)
+        return report
+
+    def write(self, report: BuildReport) -> None:
+        """Write the report's feeds into the output folder, removing feeds no longer built."""
+        folder = self.settings.output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(report.feeds.items()):
+            changed = write_atomic(folder / name, data)
+            (report.written if changed else report.unchanged).append(name)
+        report.removed = remove_stale(folder, read_manifest(folder) - report.feeds.keys())
+        write_manifest(folder, report.feeds)
+
+
+def _newest_with_tag(published: Sequence[Post], tag: str | None, limit: int) -> list[Post]:
+    if tag is None:
+        return list(published[:limit])
+    slug = tag_slug(tag)
+    chosen: list[Post] = []
+    for post in published:
+        if any(tag_slug(t) == slug for t in post.tags):
+            chosen.append(post)
+            if len(chosen) == limit:
+                break
+    return chosen

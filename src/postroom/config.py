@@ -1,0 +1,260 @@
+"""Settings: load the TOML file, apply environment overrides, validate into typed models.
+
+Loud at configuration time: every error names the file and the key (with its line when it
+can be found), so a bad config is fixed before the daemon runs, not discovered at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from postroom.errors import ConfigError
+
+CONFIG_ENV = "POSTROOM_CONFIG"
+# POSTROOM__FEEDS__ENTRIES=50 overrides [feeds] entries; double underscores keep
+# single-underscore key names (per_tag) unambiguous.
+OVERRIDE_PREFIX = "POSTROOM__"
+FeedFormat = Literal["atom", "rss", "json"]
+
+
+class Section(BaseModel):
+    """Base for every config table: unknown keys are errors, values are not coerced loosely."""
+
+    # strict: TOML has real types, so "20" for a number is a mistake to report, not convert.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# Paths and lists arrive from TOML as strings and arrays: the conversions strict mode may make.
+LaxPath = Annotated[Path, Field(strict=False)]
+
+
+def check_absolute_url(value: str) -> str:
+    """Given a URL, return it without a trailing slash, or raise if it is not absolute http(s)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an absolute http(s) URL")
+    return value.rstrip("/")
+
+
+class Author(Section):
+    name: str = Field(min_length=1)
+    email: str | None = None
+    url: str | None = None
+
+
+class SiteSettings(Section):
+    title: str = Field(min_length=1)
+    subtitle: str = ""
+    base_url: str
+    language: str = "en"
+    timezone: str = "UTC"
+    author: Author
+    post_url: str = "{base_url}/posts/{slug}/"
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_absolute_url(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone (e.g. 'Europe/Berlin')") from None
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*", value):
+            raise ValueError(f"{value!r} is not a language tag (e.g. 'en' or 'en-GB')")
+        return value
+
+    @field_validator("post_url")
+    @classmethod
+    def _post_url(cls, value: str) -> str:
+        sample = dict(base_url="https://example.org", slug="s", year="2025", month="01", day="02")
+        try:
+            check_absolute_url(value.format(**sample))
+        except KeyError as err:
+            known = ", ".join("{%s}" % k for k in sample)
+            raise ValueError(f"unknown placeholder {{{err.args[0]}}} (known: {known})") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or "localhost"
+
+
+class PathSettings(Section):
+    posts: LaxPath = Path("posts")
+    output: LaxPath = Path("public")
+    templates: LaxPath = Path("templates")
+
+
+class FeedSettings(Section):
+    formats: Annotated[tuple[FeedFormat, ...], Field(strict=False, min_length=1)] = (
+        "atom",
+        "rss",
+        "json",
+    )
+    entries: int = Field(default=20, ge=1, le=10_000)
+    content: Literal["full", "summary"] = "full"
+    per_tag: bool = True
+    summary_length: int = Field(default=300, ge=40, le=5_000)
+    # Where the feeds are served; defaults to the site's base URL.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_absolute_url(value)
+
+
+class Settings(Section):
+    site: SiteSettings
+    paths: PathSettings = PathSettings()
+    feeds: FeedSettings = FeedSettings()
+    # Folder the relative paths are resolved against: the config file's folder.
+    root: LaxPath = Path(".")
+    source: Annotated[Path | None, Field(strict=False)] = None
+
+    def path(self, relative: Path) -> Path:
+        """Given a path from the config, return it resolved against the config's folder."""
+        return relative if relative.is_absolute() else self.root / relative
+
+    @property
+    def posts_dir(self) -> Path:
+        return self.path(self.paths.posts)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.path(self.paths.output)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path(self.paths.templates)
+
+    @property
+    def feeds_url(self) -> str:
+        return self.feeds.url or self.site.base_url
+
+
+# The embedded defaults: enough to run on the sample posts with no config file at all.
+DEFAULTS: dict[str, Any] = {
+    "site": {
+        "title": "postroom sample blog",
+        "base_url": "http://localhost:8080",
+        "author": {"name": "postroom"},
+    },
+}
+
+
+def find_config(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Given --config and the environment, return the config file to use (None: defaults)."""
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    local = Path("postroom.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Given a config file (or None for the embedded defaults), return validated settings."""
+    env = os.environ if env is None else env
+    if path is None:
+        raw: dict[str, Any] = {k: dict(v) for k, v in DEFAULTS.items()}
+        root, label = Path.cwd(), "(embedded defaults)"
+    else:
+        raw, root, label = _read_toml(path), path.resolve().parent, str(path)
+    _apply_overrides(raw, env, label)
+    raw["root"], raw["source"] = root, path
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path, label)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
+def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str], label: str) -> None:
+    """Apply POSTROOM__SECTION__KEY=value variables onto the raw config."""
+    for name, text in sorted(env.items()):
+        if not name.startswith(OVERRIDE_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(OVERRIDE_PREFIX) :].split("__")]
+        if not all(keys):
+            raise ConfigError(f"{name}: malformed override (expected POSTROOM__SECTION__KEY)")
+        table = raw
+        for key in keys[:-1]:
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{name}: {label} has a value, not a table, at {key!r}")
+        table[keys[-1]] = _parse_env_value(text)
+
+
+def _parse_env_value(text: str) -> Any:
+    """Read an override as a TOML value (50, true, ["a"]); anything else is a string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _describe(err: ValidationError, path: Path | None, label: str) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{_locate(path, item['loc'], label)}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def _locate(path: Path | None, loc: tuple[Any, ...], label: str) -> str:
+    """Given a key's location, return 'file:line' where the key is written, else 'file'."""
+    if path is None or not loc:
+        return label
+    names = [str(part) for part in loc if isinstance(part, str)]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return label
+    key = re.compile(rf"^\s*\"?{re.escape(names[-1])}\"?\s*=")
+    table, wanted = "", ".".join(names[:-1])
+    for number, line in enumerate(lines, start=1):
+        header = re.match(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+        if header:
+            table = header.group(1).replace(" ", "").replace('"', "")
+        elif table == wanted and key.match(line):
+            return f"{label}:{number}"
+    return label

@@ -1,0 +1,192 @@
+"""Rendered posts → Atom 1.0, RSS 2.0 and JSON Feed 1.1 bytes. Pure and deterministic.
+
+Nothing here reads the clock: a feed's `updated` is its newest entry's, so the same posts
+always give the same bytes and a web server's ETag stays stable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from feedgen.feed import FeedGenerator
+
+from postroom import __version__
+from postroom.config import FeedFormat, Settings
+from postroom.render import RenderedPost
+
+GENERATOR_URI = "https://pypi.org/project/postroom/"
+# An empty feed still needs an `updated`; "now" would change the bytes on every build.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MEDIA_TYPES: dict[str, str] = {
+    "atom": "application/atom+xml",
+    "rss": "application/rss+xml",
+    "json": "application/feed+json",
+}
+SUFFIXES: dict[str, str] = {"atom": "atom", "rss": "rss", "json": "json"}
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """What one feed file is: its format, where it lives, and its feed-level fields."""
+
+    format: FeedFormat
+    path: str  # relative to the output folder, e.g. "feed.atom" or "tags/rust.rss"
+    title: str
+    subtitle: str
+    self_url: str
+    home_url: str
+    language: str
+    author_name: str
+    author_email: str | None
+    author_url: str | None
+    full_content: bool
+
+
+def tag_slug(tag: str) -> str:
+    """Given a tag, return the ASCII name of its feed file ('C++' → 'c', 'Rust' → 'rust')."""
+    ascii_tag = unicodedata.normalize("NFKD", tag).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_tag.lower()).strip("-")
+    if slug:
+        return slug
+    # A tag with no ASCII letters ('日本語') still needs a stable, safe file name.
+    return "tag-" + tag.encode("utf-8").hex()[:16]
+
+
+def plan_feeds(settings: Settings, tags: Sequence[str]) -> list[tuple[FeedSpec, str | None]]:
+    """Given the settings and the published tags, return each feed to build and its tag."""
+    site, feeds = settings.site, settings.feeds
+    plans: list[tuple[FeedSpec, str | None]] = []
+    scopes: list[tuple[str | None, str, str]] = [(None, "feed", site.title)]
+    if feeds.per_tag:
+        scopes += [(tag, f"tags/{tag_slug(tag)}", f"{site.title}: {tag}") for tag in tags]
+    for tag, stem, title in scopes:
+        for fmt in feeds.formats:
+            path = f"{stem}.{SUFFIXES[fmt]}"
+            spec = FeedSpec(
+                format=fmt,
+                path=path,
+                title=title,
+                subtitle=site.subtitle,
+                self_url=f"{settings.feeds_url}/{path}",
+                home_url=site.base_url + "/",
+                language=site.language,
+                author_name=site.author.name,
+                author_email=site.author.email,
+                author_url=site.author.url,
+                full_content=feeds.content == "full",
+            )
+            plans.append((spec, tag))
+    return plans
+
+
+def render_feed(spec: FeedSpec, entries: Sequence[RenderedPost]) -> bytes:
+    """Given a feed's spec and its entries (newest first), return the feed file's bytes."""
+    if spec.format == "json":
+        return _json_feed(spec, entries)
+    generator = _feed_generator(spec, entries)
+    if spec.format == "atom":
+        return bytes(generator.atom_str(pretty=True, encoding="UTF-8"))
+    return bytes(generator.rss_str(pretty=True, encoding="UTF-8"))
+
+
+def feed_updated(entries: Sequence[RenderedPost]) -> datetime:
+    """Return a feed's last-updated time: its newest entry's, never the clock's."""
+    return max((e.updated for e in entries), default=EPOCH)
+
+
+def _feed_generator(spec: FeedSpec, entries: Sequence[RenderedPost]) -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.id(spec.self_url)
+    fg.title(spec.title)
+    # RSS requires a description; Atom's subtitle is optional, so only set it when written.
+    fg.description(spec.subtitle or spec.title)
+    if not spec.subtitle:
+        fg.subtitle(None)
+    # Order matters: feedgen takes RSS's <link> from the last link set, and it must be the site.
+    fg.link(href=spec.self_url, rel="self", type=MEDIA_TYPES[spec.format])
+    fg.link(href=spec.home_url, rel="alternate", type="text/html")
+    fg.language(spec.language)
+    fg.author(_author_dict(spec.author_name, spec.author_email, spec.author_url))
+    fg.generator("postroom", version=__version__, uri=GENERATOR_URI)
+    fg.updated(feed_updated(entries))
+    for entry in entries:
+        _add_entry(fg, spec, entry)
+    return fg
+
+
+def _add_entry(fg: FeedGenerator, spec: FeedSpec, entry: RenderedPost) -> None:
+    fe = fg.add_entry(order="append")
+    # A tag: URI is not a URL, so RSS must not call it a permalink.
+    fe.guid(entry.entry_id, permalink=entry.entry_id == entry.url)
+    fe.title(entry.title)
+    fe.link(href=entry.url, rel="alternate", type="text/html")
+    fe.published(entry.published)
+    fe.updated(entry.updated)
+    fe.summary(entry.summary or entry.title)
+    if spec.full_content:
+        fe.content(entry.content_html, type="html")
+    for tag in entry.tags:
+        fe.category(term=tag)
+    author = entry.author
+    if author is not None:
+        fe.author(_author_dict(author.name, author.email, None))
+        if not author.email:
+            # RSS <author> must be an address; dc:creator carries a bare name.
+            fe.dc.dc_creator(author.name)
+
+
+def _author_dict(name: str, email: str | None, uri: str | None) -> dict[str, str]:
+    author = {"name": name}
+    if email:
+        author["email"] = email
+    if uri:
+        author["uri"] = uri
+    return author
+
+
+def _json_feed(spec: FeedSpec, entries: Sequence[RenderedPost]) -> bytes:
+    feed: dict[str, Any] = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": spec.title,
+        "home_page_url": spec.home_url,
+        "feed_url": spec.self_url,
+        "language": spec.language,
+        "authors": [_json_author(spec.author_name, spec.author_url)],
+        "items": [_json_item(spec, entry) for entry in entries],
+    }
+    if spec.subtitle:
+        feed["description"] = spec.subtitle
+    text = json.dumps(feed, ensure_ascii=False, indent=2)
+    return (text + "\n").encode("utf-8")
+
+
+def _json_item(spec: FeedSpec, entry: RenderedPost) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": entry.entry_id,
+        "url": entry.url,
+        "title": entry.title,
+        "summary": entry.summary,
+        "date_published": entry.published.isoformat(),
+        "date_modified": entry.updated.isoformat(),
+    }
+    # JSON Feed requires content_html or content_text; a summary-only feed gives the summary.
+    if spec.full_content:
+        item["content_html"] = entry.content_html
+    else:
+        item["content_text"] = entry.summary or entry.title
+    if entry.tags:
+        item["tags"] = list(entry.tags)
+    if entry.author is not None:
+        item["authors"] = [_json_author(entry.author.name, None)]
+    return item
+
+
+def _json_author(name: str, url: str | None) -> dict[str, str]:
+    return {"name": name, "url": url} if url else {"name": name}

@@ -1,0 +1,81 @@
+"""The output folder: atomic, write-only-if-changed files, and removal of feeds no longer built."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+# Lists the files postroom wrote, so a stale tag feed can be removed without ever touching
+# a file of the blog's own that shares the folder.
+MANIFEST = ".postroom-manifest.json"
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write bytes to path atomically unless the file already holds them; return if written.
+
+    Temporary file in the same folder, flush, fsync, rename: a reader sees the old file or
+    the new one, never half of one. Skipping identical bytes keeps mtime (Last-Modified) stable.
+    """
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder's entry is on disk too.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(folder: Path) -> set[str]:
+    """Return the relative paths postroom wrote in the folder last time (empty if none)."""
+    try:
+        names = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def write_manifest(folder: Path, names: Iterable[str]) -> None:
+    """Record the relative paths postroom wrote in the folder."""
+    text = json.dumps(sorted(names), indent=1) + "\n"
+    write_atomic(folder / MANIFEST, text.encode("utf-8"))
+
+
+def remove_stale(folder: Path, names: Iterable[str]) -> list[str]:
+    """Delete files postroom wrote before that are no longer built; return their names."""
+    removed = []
+    root = folder.resolve()
+    for name in sorted(names):
+        target = (folder / name).resolve()
+        # A manifest edited by hand must not become a way to delete outside the folder.
+        if root not in target.parents:
+            continue
+        try:
+            target.unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,294 @@
+"""The post collection: find Markdown files, parse their front matter, report every problem.
+
+Pure apart from reading the files it is given: paths in, posts and problems out. A broken
+post becomes a Problem (path:line: message) and is left out; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, tzinfo
+from pathlib import Path
+from typing import Any
+
+import yaml
+from frontmatter.default_handlers import YAMLHandler
+
+from postroom.errors import Problem
+
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
+MORE_MARKER = "<!--more-->"
+DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}[-_]")
+SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
+URI_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+# Characters XML 1.0 cannot carry, plus C1 controls; a title is one line of text.
+UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_YAML = YAMLHandler()
+
+
+@dataclass(frozen=True)
+class Author:
+    name: str
+    email: str | None = None
+
+
+@dataclass(frozen=True)
+class Post:
+    """One valid post, as written; rendering happens later and only when needed."""
+
+    path: Path
+    slug: str
+    title: str
+    published: datetime
+    updated: datetime
+    body: str
+    summary: str | None = None
+    tags: tuple[str, ...] = ()
+    draft: bool = False
+    pinned_id: str | None = None
+    author: Author | None = None
+
+    def is_published(self, now: datetime) -> bool:
+        """Given the current time, return whether the post is public (not a draft, not future)."""
+        return not self.draft and self.published <= now
+
+    def entry_id(self, host: str) -> str:
+        """Return the post's permanent entry ID: pinned, or a tag: URI (RFC 4151).
+
+        Built from what never changes when a post is edited (host, first publication
+        date, slug), so readers never see an edited post as a new entry.
+        """
+        if self.pinned_id:
+            return self.pinned_id
+        return f"tag:{host},{self.published:%Y-%m-%d}:/posts/{self.slug}"
+
+
+@dataclass
+class ParsedFile:
+    """The outcome of parsing one file: a post, or the problems that kept it out."""
+
+    post: Post | None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def clean_text(text: str) -> str:
+    """Given text for a title or summary, return it on one line without control characters."""
+    return " ".join(UNPRINTABLE.sub("", text).split())
+
+
+def slug_from_filename(path: Path) -> str:
+    """Given a post's path, return the slug its file name implies ('2025-10-03-x.md' → 'x')."""
+    stem = DATE_PREFIX.sub("", path.stem)
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_stem.lower()).strip("-") or "post"
+
+
+def is_post_file(name: str) -> bool:
+    """Given a file name, return whether it is a post (not hidden, not an editor's temp file)."""
+    if name.startswith((".", "#", "~")) or name.endswith(("~", "#")):
+        return False
+    return Path(name).suffix.lower() in MARKDOWN_SUFFIXES
+
+
+def iter_post_files(folder: Path) -> Iterator[Path]:
+    """Given the posts folder, yield every post file under it, in a stable order."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for name in sorted(files):
+            if is_post_file(name):
+                yield Path(root) / name
+
+
+def read_post_file(path: Path, zone: tzinfo) -> ParsedFile:
+    """Given a post file, return the parsed post or the problems in it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return _fail(path, 1, f"cannot be read: {err.strerror or err}")
+    return parse_post(path, raw, zone)
+
+
+def parse_post(path: Path, raw: bytes, zone: tzinfo) -> ParsedFile:
+    """Given a file's path and bytes, return the parsed post or its problems."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        return _fail(path, line, f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save as UTF-8")
+    if not text.strip():
+        return _fail(path, 1, "file is empty")
+    if not _YAML.detect(text):
+        return _fail(path, 1, "no front matter: a post starts with a '---' line, then YAML")
+    try:
+        front, body = _YAML.split(text)
+    except ValueError:
+        return _fail(path, 1, "front matter is not closed by a '---' line")
+    try:
+        meta = _YAML.load(front)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = 1 + mark.line if mark is not None else 1
+        reason = getattr(err, "problem", None) or str(err)
+        return _fail(path, line, f"invalid YAML in front matter: {reason}")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        kind = type(meta).__name__
+        return _fail(path, 2, f"front matter must be a mapping of keys to values, not a {kind}")
+    return _FrontMatter(path, front, meta, zone).to_post(body)
+
+
+def _fail(path: Path, line: int, message: str) -> ParsedFile:
+    return ParsedFile(None, [Problem(path, line, message)])
+
+
+class _FrontMatter:
+    """Reads fields out of one post's front matter, collecting a problem per bad field."""
+
+    def __init__(self, path: Path, front: str, meta: Mapping[Any, Any], zone: tzinfo):
+        self.path, self.meta, self.zone = path, meta, zone
+        self.front_lines = front.split("\n")
+        self.problems: list[Problem] = []
+
+    def line_of(self, key: str) -> int:
+        """Return the file line where a key is written (the front matter starts on line 2)."""
+        pattern = re.compile(rf"^['\"]?{re.escape(key)}['\"]?\s*:")
+        for index, line in enumerate(self.front_lines):
+            if pattern.match(line):
+                return 1 + index
+        return 1
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(self.path, self.line_of(key), message))
+
+    def to_post(self, body: str) -> ParsedFile:
+        title = self.text("title", required=True)
+        published = self.when("date", required=True)
+        updated = self.when("updated", required=False)
+        summary = self.text("summary", required=False)
+        tags = self.tags()
+        draft = self.flag("draft")
+        slug = self.slug()
+        pinned_id = self.pinned_id()
+        author = self.author()
+        if self.problems or title is None or published is None:
+            return ParsedFile(None, self.problems)
+        return ParsedFile(
+            Post(
+                path=self.path,
+                slug=slug,
+                title=title,
+                published=published,
+                updated=max(updated, published) if updated else published,
+                body=body,
+                summary=summary,
+                tags=tags,
+                draft=draft,
+                pinned_id=pinned_id,
+                author=author,
+            )
+        )
+
+    def text(self, key: str, *, required: bool) -> str | None:
+        value = self.meta.get(key)
+        if value is None:
+            if required:
+                self.problem(key, f"{key} is missing")
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem(key, f"{key} must be text, not {_describe(value)}")
+            return None
+        cleaned = clean_text(str(value))
+        if not cleaned and required:
+            self.problem(key, f"{key} is empty")
+            return None
+        return cleaned or None
+
+    def when(self, key: str, *, required: bool) -> datetime | None:
+        value = self.meta.get(key)
+        if value is None:
+            if required:
+                self.problem(key, f"{key} is missing (expected YYYY-MM-DD or ISO 8601)")
+            return None
+        parsed = _to_datetime(value)
+        if parsed is None:
+            self.problem(key, f"{key} {value!r} is not a date (expected YYYY-MM-DD or ISO 8601)")
+            return None
+        # A naive date or time is the author's wall clock: the site's time zone.
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=self.zone)
+
+    def tags(self) -> tuple[str, ...]:
+        value = self.meta.get("tags")
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            self.problem("tags", f"tags must be a list of strings, not {_describe(value)}")
+            return ()
+        tags: list[str] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                self.problem("tags", f"tags[{index}] {item!r} is not a string (quote it)")
+            elif clean_text(item) and clean_text(item) not in tags:
+                tags.append(clean_text(item))
+        return tuple(tags)
+
+    def flag(self, key: str) -> bool:
+        value = self.meta.get(key, False)
+        if not isinstance(value, bool):
+            self.problem(key, f"{key} must be true or false, not {value!r}")
+            return False
+        return value
+
+    def slug(self) -> str:
+        value = self.meta.get("slug")
+        if value is None:
+            return slug_from_filename(self.path)
+        if not isinstance(value, str) or not SLUG_PATTERN.match(value):
+            self.problem("slug", f"slug {value!r} must be lowercase letters, digits, '-', '_', '.'")
+            return slug_from_filename(self.path)
+        return value
+
+    def pinned_id(self) -> str | None:
+        value = self.meta.get("id")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not URI_PATTERN.match(value):
+            self.problem("id", f"id {value!r} must be a URI (e.g. 'tag:example.org,2025:post')")
+            return None
+        return value
+
+    def author(self) -> Author | None:
+        value = self.meta.get("author")
+        if value is None:
+            return None
+        if isinstance(value, str) and clean_text(value):
+            return Author(clean_text(value))
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            email = value.get("email")
+            if email is None or isinstance(email, str):
+                return Author(clean_text(value["name"]), email)
+        self.problem("author", "author must be a name, or a mapping with 'name' and 'email'")
+        return None
+
+
+def _to_datetime(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime.combine(value, time())
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _describe(value: Any) -> str:
+    kinds = {dict: "a mapping", list: "a list", bool: "true/false"}
+    return kinds.get(type(value), repr(value))

@@ -1,0 +1,139 @@
+"""Markdown → HTML with absolute URLs, plain-text summaries, and a post's public URL."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urljoin
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from mdit_py_plugins.footnote import footnote_plugin
+
+from postroom.config import Settings
+from postroom.posts import MORE_MARKER, Author, Post, clean_text
+
+# Attributes in raw HTML whose value is a URL a feed reader would have to resolve.
+HTML_URL_ATTR = re.compile(r"""(\s(?:href|src)\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+UNPRINTABLE_IN_HTML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+@dataclass(frozen=True)
+class RenderedPost:
+    """A post ready for a feed or a digest: everything a reader sees, resolved."""
+
+    entry_id: str
+    url: str
+    title: str
+    published: datetime
+    updated: datetime
+    summary: str
+    content_html: str
+    tags: tuple[str, ...]
+    author: Author | None
+
+
+def post_url(settings: Settings, post: Post) -> str:
+    """Given the settings and a post, return the post's absolute URL from the URL pattern."""
+    local = post.published
+    return settings.site.post_url.format(
+        base_url=settings.site.base_url,
+        slug=post.slug,
+        year=f"{local:%Y}",
+        month=f"{local:%m}",
+        day=f"{local:%d}",
+    )
+
+
+class Renderer:
+    """CommonMark plus tables, footnotes and strikethrough, with URLs made absolute."""
+
+    def __init__(self) -> None:
+        # html=True: the posts are the site owner's own writing, like any static site's.
+        self._md = (
+            MarkdownIt("commonmark", {"html": True})
+            .enable(["table", "strikethrough"])
+            .use(footnote_plugin)
+        )
+
+    def to_html(self, markdown: str, base_url: str) -> str:
+        """Given Markdown and the page's URL, return HTML whose links and images are absolute.
+
+        Feed readers and mail clients resolve nothing, so a relative link would break there.
+        """
+        env: dict[str, object] = {}
+        tokens = self._md.parse(markdown.replace(MORE_MARKER, ""), env)
+        _absolutize(tokens, base_url)
+        html = self._md.renderer.render(tokens, self._md.options, env)
+        return UNPRINTABLE_IN_HTML.sub("", html)
+
+    def summary_of(self, markdown: str, limit: int) -> str:
+        """Return plain text for a summary: the text before <!--more-->, else the first paragraph."""
+        head, marker, _ = markdown.partition(MORE_MARKER)
+        tokens = self._md.parse(head if marker else markdown, {})
+        inlines = [t for t in tokens if t.type == "inline"]
+        if not marker:
+            inlines = _first_paragraph(tokens)
+        text = clean_text(" ".join(_plain_text(t.children or []) for t in inlines))
+        return cut_at_word(text, limit)
+
+    def render(self, settings: Settings, post: Post) -> RenderedPost:
+        """Given a post, return it with its URL, entry ID, HTML and summary resolved."""
+        url = post_url(settings, post)
+        limit = settings.feeds.summary_length
+        return RenderedPost(
+            entry_id=post.entry_id(settings.site.host),
+            url=url,
+            title=post.title,
+            published=post.published,
+            updated=post.updated,
+            summary=post.summary or self.summary_of(post.body, limit),
+            content_html=self.to_html(post.body, url),
+            tags=post.tags,
+            author=post.author,
+        )
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """Given text, return it cut to at most `limit` characters at a word boundary, with '…'."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut and not text[limit - 1].isspace():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:.-–—") + "…"
+
+
+def _absolutize(tokens: Sequence[Token], base_url: str) -> None:
+    for token in tokens:
+        for attr in ("href", "src"):
+            value = token.attrGet(attr)
+            if isinstance(value, str):
+                token.attrSet(attr, urljoin(base_url, value))
+        if token.type in ("html_block", "html_inline"):
+            token.content = HTML_URL_ATTR.sub(
+                lambda m: f"{m[1]}{m[2]}{urljoin(base_url, m[3])}{m[2]}", token.content
+            )
+        if token.children:
+            _absolutize(token.children, base_url)
+
+
+def _first_paragraph(tokens: Sequence[Token]) -> list[Token]:
+    for index, token in enumerate(tokens):
+        if token.type == "paragraph_open" and index + 1 < len(tokens):
+            return [tokens[index + 1]]
+    return []
+
+
+def _plain_text(children: Sequence[Token]) -> str:
+    parts: list[str] = []
+    for child in children:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif child.type == "image":
+            parts.append(_plain_text(child.children or []))
+    return "".join(parts)
