@@ -6,6 +6,7 @@ message); 2 usage or configuration error, nothing done.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -17,10 +18,14 @@ from typing import Any, TypeVar
 
 import click
 
-from postroom import __version__
+from postroom import __version__, outbox, subscribers
 from postroom.build import BuildReport, SiteBuilder
 from postroom.config import Settings, find_config, load_settings
-from postroom.errors import PostroomError, Problem
+from postroom.errors import PostroomError, Problem, SubscriberError
+from postroom.newsletter import create_digest, open_database, plan_digest, send_outbox
+from postroom.preview import send_test, write_preview
+from postroom.progress import send_progress
+from postroom.sender import SendStats
 from postroom.sitefolder import create_site
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
@@ -136,6 +141,218 @@ def init(ctx: Context, folder: Path) -> None:
     for path in created:
         ctx.say(f"created {path}")
     ctx.say(f"next: cd {folder} && postroom build")
+
+
+
+
+# ---- the newsletter -------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@main.group()
+def db() -> None:
+    """The database: schema migrations."""
+
+
+@db.command("upgrade")
+@common_options
+def db_upgrade(ctx: Context) -> None:
+    """Apply every pending migration (also done automatically by every command)."""
+    settings = ctx.settings()
+    open_database(settings)
+    ctx.say(f"database at {settings.database_url} is up to date")
+
+
+@main.group("subscribers")
+def subscribers_group() -> None:
+    """Add, remove, list, import and export subscribers."""
+
+
+@subscribers_group.command("add")
+@click.argument("addresses", nargs=-1, required=True)
+@click.option("--pending", is_flag=True, help="Add as pending (awaiting confirmation).")
+@common_options
+def subscribers_add(ctx: Context, addresses: tuple[str, ...], pending: bool) -> None:
+    """Add addresses as active subscribers (an unsubscribed one is left unsubscribed)."""
+    engine = open_database(ctx.settings())
+    problems = 0
+    with engine.begin() as connection:
+        for address in addresses:
+            try:
+                email = subscribers.normalize_address(address)
+            except SubscriberError as err:
+                click.echo(f"postroom: {err}", err=True)
+                problems += 1
+                continue
+            row, created = subscribers.add(
+                connection, email, _now(), status="pending" if pending else "active")
+            ctx.say(f"added {email}" if created else f"{email} is already {row.status}")
+    sys.exit(EXIT_PROBLEMS if problems else EXIT_OK)
+
+
+@subscribers_group.command("remove")
+@click.argument("addresses", nargs=-1, required=True)
+@common_options
+def subscribers_remove(ctx: Context, addresses: tuple[str, ...]) -> None:
+    """Unsubscribe addresses (kept as unsubscribed, so an import will not bring them back)."""
+    engine = open_database(ctx.settings())
+    missing = 0
+    with engine.begin() as connection:
+        for address in addresses:
+            row = subscribers.find(connection, _normalized_or_raw(address))
+            if row is None:
+                click.echo(f"postroom: {address}: not a subscriber", err=True)
+                missing += 1
+                continue
+            subscribers.set_status(connection, row.id, "unsubscribed", _now())
+            ctx.say(f"unsubscribed {row.email}")
+    sys.exit(EXIT_PROBLEMS if missing else EXIT_OK)
+
+
+def _normalized_or_raw(address: str) -> str:
+    try:
+        return subscribers.normalize_address(address)
+    except SubscriberError:
+        return address.strip()
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=click.Choice(subscribers.STATUSES), default=None)
+@common_options
+def subscribers_list(ctx: Context, status: str | None) -> None:
+    """List subscribers (email, status, since) and the count per status."""
+    engine = open_database(ctx.settings())
+    for row in subscribers.iter_subscribers(engine, status):
+        click.echo(f"{row.email}\t{row.status}\t{row.status_changed_at:%Y-%m-%d}")
+    with engine.connect() as connection:
+        totals = subscribers.counts(connection)
+    ctx.say(", ".join(f"{n} {s}" for s, n in totals.items()))
+
+
+@subscribers_group.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--status", type=click.Choice(["active", "pending"]), default="active",
+              help="Status of newly imported addresses.")
+@common_options
+def subscribers_import(ctx: Context, csv_file: Path, status: str) -> None:
+    """Import a CSV with an `email` column (optional `name`); bad rows are reported by line."""
+    engine = open_database(ctx.settings())
+    text = subscribers.decode_csv(csv_file.read_bytes())
+    report = subscribers.import_csv(engine, str(csv_file), text, _now(), status=status)
+    print_problems(report.problems)
+    ctx.say(f"{report.added} added, {report.unchanged} already subscribed, "
+            f"{report.kept_status} unsubscribed/bounced left as they are, "
+            f"{len(report.problems)} bad row(s)")
+    sys.exit(EXIT_PROBLEMS if report.problems else EXIT_OK)
+
+
+@subscribers_group.command("export")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write to this file (default: standard output).")
+@click.option("--status", type=click.Choice(subscribers.STATUSES), default=None)
+@common_options
+def subscribers_export(ctx: Context, output: Path | None, status: str | None) -> None:
+    """Export subscribers as CSV with a header."""
+    engine = open_database(ctx.settings())
+    if output is None:
+        subscribers.export_csv(engine, sys.stdout, status)
+        return
+    with output.open("w", encoding="utf-8", newline="") as handle:
+        count = subscribers.export_csv(engine, handle, status)
+    click.echo(f"exported {count} subscriber(s) to {output}", err=True)
+
+
+@main.group()
+def digest() -> None:
+    """Create, preview, send and inspect email digests."""
+
+
+@digest.command("preview")
+@click.option("--to", "address", default="reader@example.org", help="Recipient to render for.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("digest-preview"),
+              help="Folder for the preview files.")
+@common_options
+def digest_preview(ctx: Context, address: str, output: Path) -> None:
+    """Render the next digest into HTML, text and .eml files and print their paths."""
+    settings = ctx.settings()
+    engine = open_database(settings)
+    plan = plan_digest(settings, engine, SiteBuilder(settings), _now())
+    if not plan.posts:
+        ctx.say(f"nothing new since {plan.start:%Y-%m-%d %H:%M %Z}: no digest would be sent")
+        return
+    for path in write_preview(settings, engine, plan, address, output, _now()):
+        click.echo(str(path))
+
+
+@digest.command("send")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; send and record nothing.")
+@click.option("--to", "address", default=None,
+              help="Send the next digest to this address only (a test send; not recorded).")
+@common_options
+def digest_send(ctx: Context, dry_run: bool, address: str | None) -> None:
+    """Create the next digest if anything is new, then send every pending delivery."""
+    settings = ctx.settings()
+    engine = open_database(settings)
+    builder = SiteBuilder(settings)
+    if dry_run or address:
+        plan = plan_digest(settings, engine, builder, _now())
+        if not plan.posts:
+            ctx.say("nothing new: no digest would be created")
+        elif address:
+            asyncio.run(send_test(settings, engine, plan, address, _now()))
+            ctx.say(f"sent a test digest with {len(plan.posts)} post(s) to {address}")
+        else:
+            with engine.connect() as connection:
+                active = subscribers.counts(connection)["active"]
+            ctx.say(f"would create a digest of {len(plan.posts)} post(s) for {active} "
+                    "subscriber(s):")
+            for post in plan.posts:
+                ctx.say(f"  {post.published:%Y-%m-%d}  {post.title}")
+        return
+    create_digest(settings, engine, builder, _now())
+    stats = _send_with_progress(settings, engine, ctx)
+    ctx.say(f"sent {stats.sent}, failed {stats.failed}, retried {stats.retried}"
+            + (f", bounced {stats.bounced}" if stats.bounced else ""))
+    sys.exit(EXIT_PROBLEMS if stats.failed else EXIT_OK)
+
+
+def _send_with_progress(settings: Settings, engine: Any, ctx: Context) -> SendStats:
+    pending = sum(d["pending"] + d["sending"] for d in outbox.status(engine))
+    with send_progress(pending, quiet=ctx.verbosity < 0) as on_finish:
+        return asyncio.run(send_outbox(settings, engine, _now, on_finish=on_finish))
+
+
+@digest.command("status")
+@common_options
+def digest_status(ctx: Context) -> None:
+    """Show each digest with its pending, sent and failed deliveries."""
+    engine = open_database(ctx.settings())
+    rows = outbox.status(engine)
+    if not rows:
+        ctx.say("no digest yet")
+    for row in rows:
+        click.echo(
+            f"digest {row['id']}  {row['created_at']:%Y-%m-%d %H:%M}  "
+            f"pending {row['pending'] + row['sending']}  sent {row['sent']}  "
+            f"failed {row['failed']}  {row['subject']}"
+        )
+
+
+@digest.command("retry")
+@click.option("--digest", "digest_id", type=int, default=None, help="Only this digest.")
+@common_options
+def digest_retry(ctx: Context, digest_id: int | None) -> None:
+    """Send failed deliveries again (to subscribers still active), and any pending ones."""
+    settings = ctx.settings()
+    engine = open_database(settings)
+    again = outbox.retry_failed(engine, _now(), digest_id)
+    ctx.say(f"{again} failed delivery(ies) queued again")
+    stats = _send_with_progress(settings, engine, ctx)
+    ctx.say(f"sent {stats.sent}, failed {stats.failed}, retried {stats.retried}")
+    sys.exit(EXIT_PROBLEMS if stats.failed else EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

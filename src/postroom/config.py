@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -126,10 +127,72 @@ class FeedSettings(Section):
         return None if value is None else check_absolute_url(value)
 
 
+class DatabaseSettings(Section):
+    # Any SQLAlchemy URL; a relative SQLite path is relative to the config file.
+    url: str = "sqlite:///var/postroom.db"
+    # SQLite: how long a writer waits for another one before giving up (milliseconds).
+    busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+
+class DigestSettings(Section):
+    # Posts published before this are never "new" (besides those before postroom first
+    # saw the collection). A TOML date or date-time.
+    since: datetime | date | None = None
+    # Most posts one digest lists; older new posts are summarised as "and N more".
+    max_posts: int = Field(default=20, ge=1, le=500)
+    # Cron-like schedule for the daemon: "mon 09:00", "daily 07:30".
+    schedule: str = "mon 09:00"
+
+
+class MailSettings(Section):
+    transport: Literal["maildir", "smtp"] = "maildir"
+    maildir: LaxPath = Path("var/maildir")
+    from_address: str = "newsletter@localhost"
+    from_name: str | None = None  # default: the site's title
+    reply_to: str | None = None
+    # Envelope sender (bounces go there); default: from_address.
+    return_path: str | None = None
+    # mailto: target of List-Unsubscribe (RFC 2369); optional, https is always given.
+    unsubscribe_mailto: str | None = None
+    # Where postroom's web pages (confirm, unsubscribe) are reachable; default: base_url.
+    public_url: str | None = None
+    # Bounces (5xx on the recipient) before a subscriber is marked bounced.
+    bounce_after: int = Field(default=3, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_absolute_url(value)
+
+
+class SmtpSettings(Section):
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    # "starttls" (port 587), "tls" (implicit TLS, port 465) or "none" (local relay only).
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    # The password is read only from this environment variable, never from the file.
+    password_env: str = "POSTROOM_SMTP_PASSWORD"
+    timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False, strict=False)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    # Messages per second across all connections; 0 means no limit.
+    rate_limit: float = Field(default=0.0, ge=0, strict=False)
+    max_attempts: int = Field(default=5, ge=1)
+    # Retry n waits about backoff_base * 2**(n-1) seconds (with jitter), at most backoff_max.
+    backoff_base: float = Field(default=60.0, gt=0, strict=False)
+    backoff_max: float = Field(default=3600.0, gt=0, strict=False)
+    # `digest send` waits in-process for retries due within this many seconds.
+    retry_wait: float = Field(default=120.0, ge=0, strict=False)
+
+
 class Settings(Section):
     site: SiteSettings
     paths: PathSettings = PathSettings()
     feeds: FeedSettings = FeedSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    digest: DigestSettings = DigestSettings()
+    mail: MailSettings = MailSettings()
+    smtp: SmtpSettings = SmtpSettings()
     # Folder the relative paths are resolved against: the config file's folder.
     root: LaxPath = Path(".")
     source: Annotated[Path | None, Field(strict=False)] = None
@@ -153,6 +216,24 @@ class Settings(Section):
     @property
     def feeds_url(self) -> str:
         return self.feeds.url or self.site.base_url
+
+    @property
+    def public_url(self) -> str:
+        return self.mail.public_url or self.site.base_url
+
+    @property
+    def database_url(self) -> str:
+        """Return the database URL, a relative SQLite path made absolute against the config."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            file = Path(url[len(prefix) :])
+            return prefix + str(self.path(file))
+        return url
+
+    @property
+    def maildir(self) -> Path:
+        return self.path(self.mail.maildir)
 
 
 # The embedded defaults: enough to run on the sample posts with no config file at all.

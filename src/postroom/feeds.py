@@ -6,6 +6,7 @@ always give the same bytes and a web server's ETag stays stable.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import unicodedata
@@ -105,10 +106,9 @@ def _feed_generator(spec: FeedSpec, entries: Sequence[RenderedPost]) -> FeedGene
     fg.load_extension("dc", atom=False, rss=True)
     fg.id(spec.self_url)
     fg.title(spec.title)
-    # RSS requires a description; Atom's subtitle is optional, so only set it when written.
-    fg.description(spec.subtitle or spec.title)
-    if not spec.subtitle:
-        fg.subtitle(None)
+    # RSS requires a description; Atom's subtitle is optional: write it only when configured.
+    if spec.subtitle or spec.format == "rss":
+        fg.description(spec.subtitle or spec.title)
     # Order matters: feedgen takes RSS's <link> from the last link set, and it must be the site.
     fg.link(href=spec.self_url, rel="self", type=MEDIA_TYPES[spec.format])
     fg.link(href=spec.home_url, rel="alternate", type="text/html")
@@ -129,7 +129,12 @@ def _add_entry(fg: FeedGenerator, spec: FeedSpec, entry: RenderedPost) -> None:
     fe.link(href=entry.url, rel="alternate", type="text/html")
     fe.published(entry.published)
     fe.updated(entry.updated)
-    fe.summary(entry.summary or entry.title)
+    summary = entry.summary or entry.title
+    fe.summary(summary)
+    if spec.format == "rss":
+        # RSS's <description> holds HTML (the spec's "entity-encoded HTML"), Atom's <summary>
+        # here holds text: escape it, or a reader shows "a <b> c" with a bold c.
+        fe.description(html.escape(summary, quote=False), isSummary=True)
     if spec.full_content:
         fe.content(entry.content_html, type="html")
     for tag in entry.tags:
@@ -140,6 +145,10 @@ def _add_entry(fg: FeedGenerator, spec: FeedSpec, entry: RenderedPost) -> None:
         if not author.email:
             # RSS <author> must be an address; dc:creator carries a bare name.
             fe.dc.dc_creator(author.name)
+    else:
+        # Atom and JSON Feed entries inherit the feed's author; RSS items inherit nothing,
+        # so name the site's author on each (dc is loaded for RSS only).
+        fe.dc.dc_creator(spec.author_name)
 
 
 def _author_dict(name: str, email: str | None, uri: str | None) -> dict[str, str]:

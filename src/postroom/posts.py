@@ -6,6 +6,7 @@ post becomes a Problem (path:line: message) and is left out; it never stops the 
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import unicodedata
@@ -20,6 +21,11 @@ from frontmatter.default_handlers import YAMLHandler
 
 from postroom.errors import Problem
 
+try:
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 MORE_MARKER = "<!--more-->"
 DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}[-_]")
@@ -28,6 +34,25 @@ URI_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # Characters XML 1.0 cannot carry, plus C1 controls; a title is one line of text.
 UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _YAML = YAMLHandler()
+
+
+class _FrontMatterLoader(_SafeLoader):
+    """The safe loader, except that an impossible date ('2025-13-45') stays text.
+
+    PyYAML raises a bare ValueError for those, which would stop the whole scan; as text
+    the date check reports it at its line like any other bad date.
+    """
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError):
+            return self.construct_scalar(node)
+
+
+_FrontMatterLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _FrontMatterLoader.construct_yaml_timestamp
+)
 
 
 @dataclass(frozen=True)
@@ -114,11 +139,13 @@ def read_post_file(path: Path, zone: tzinfo) -> ParsedFile:
 
 def parse_post(path: Path, raw: bytes, zone: tzinfo) -> ParsedFile:
     """Given a file's path and bytes, return the parsed post or its problems."""
+    # Decode after the BOM, so the error's offset indexes the same bytes it is counted in.
+    data = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        text = raw.decode("utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        return _fail(path, line, f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save as UTF-8")
+        line = data[: err.start].count(b"\n") + 1
+        return _fail(path, line, f"not valid UTF-8 (byte 0x{data[err.start]:02x}); save as UTF-8")
     if not text.strip():
         return _fail(path, 1, "file is empty")
     if not _YAML.detect(text):
@@ -127,19 +154,24 @@ def parse_post(path: Path, raw: bytes, zone: tzinfo) -> ParsedFile:
         front, body = _YAML.split(text)
     except ValueError:
         return _fail(path, 1, "front matter is not closed by a '---' line")
+    # The file line of the front matter's first line: the opening boundary's pattern also
+    # swallows blank lines after '---', so count the newlines it took.
+    opening = _YAML.FM_BOUNDARY.match(text)
+    first_line = 1 + (text.count("\n", 0, opening.end()) if opening else 0)
     try:
-        meta = _YAML.load(front)
+        meta = _YAML.load(front, Loader=_FrontMatterLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = 1 + mark.line if mark is not None else 1
+        line = first_line + mark.line if mark is not None else 1
         reason = getattr(err, "problem", None) or str(err)
         return _fail(path, line, f"invalid YAML in front matter: {reason}")
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
         kind = type(meta).__name__
-        return _fail(path, 2, f"front matter must be a mapping of keys to values, not a {kind}")
-    return _FrontMatter(path, front, meta, zone).to_post(body)
+        message = f"front matter must be a mapping of keys to values, not a {kind}"
+        return _fail(path, first_line + 1, message)
+    return _FrontMatter(path, front, meta, zone, first_line).to_post(body)
 
 
 def _fail(path: Path, line: int, message: str) -> ParsedFile:
@@ -149,17 +181,19 @@ def _fail(path: Path, line: int, message: str) -> ParsedFile:
 class _FrontMatter:
     """Reads fields out of one post's front matter, collecting a problem per bad field."""
 
-    def __init__(self, path: Path, front: str, meta: Mapping[Any, Any], zone: tzinfo):
+    def __init__(
+        self, path: Path, front: str, meta: Mapping[Any, Any], zone: tzinfo, first_line: int = 1
+    ):
         self.path, self.meta, self.zone = path, meta, zone
-        self.front_lines = front.split("\n")
+        self.front_lines, self.first_line = front.split("\n"), first_line
         self.problems: list[Problem] = []
 
     def line_of(self, key: str) -> int:
-        """Return the file line where a key is written (the front matter starts on line 2)."""
+        """Return the file line where a key is written (line 1, the '---', if it is not)."""
         pattern = re.compile(rf"^['\"]?{re.escape(key)}['\"]?\s*:")
         for index, line in enumerate(self.front_lines):
             if pattern.match(line):
-                return 1 + index
+                return self.first_line + index
         return 1
 
     def problem(self, key: str, message: str) -> None:

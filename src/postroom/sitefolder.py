@@ -70,7 +70,7 @@ def create_site(folder: Path, today: date) -> list[Path]:
     templates = folder / "templates"
     templates.mkdir()
     for source in sorted(DEFAULT_TEMPLATES.iterdir()):
-        if source.is_file() and not source.name.startswith((".", "_")):
+        if source.is_file() and not source.name.startswith((".", "__")):
             shutil.copyfile(source, templates / source.name)
             created.append(templates / source.name)
     return created

@@ -1,0 +1,31 @@
+# Two entry points a fresh machine needs (Python 3.11+, git, make): `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+# Set up, then run postroom's main job on the embedded defaults: the sample posts in posts/,
+# feeds into public/.
+run: $(VENV)/.installed
+	$(BIN)/postroom build
+
+# Set up, then run the whole test suite (lint and type checks first: they are the cheapest).
+test: $(VENV)/.installed lint
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) public var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,125 @@
+"""The database: engine setup, migrations, installation facts, and the single-sender lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from postroom.errors import StoreError
+from postroom.schema import meta
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SECRET_ENV = "POSTROOM_SECRET_KEY"
+
+
+def open_engine(url: str, busy_timeout_ms: int = 10_000) -> Engine:
+    """Given a database URL, return an engine; SQLite gets WAL, a busy timeout and FKs."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, future=True)
+    except (SQLAlchemyError, ImportError) as err:
+        raise StoreError(f"database url {url!r}: {err}") from None
+    if engine.dialect.name == "sqlite":
+        _tune_sqlite(engine, busy_timeout_ms)
+    return engine
+
+
+def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin (pysqlite's
+        # implicit BEGIN would otherwise defer locking and break BEGIN IMMEDIATE below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers (the web pages) never wait for the sender; NORMAL is durable in WAL.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of
+        # failing with "database is locked" half-way through a transaction.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema up to `revision` with Alembic (idempotent)."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except OperationalError as err:
+        raise StoreError(f"cannot migrate the database {engine.url!r}: {err.orig}") from None
+
+
+def get_meta(connection: Connection, key: str) -> str | None:
+    return connection.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+
+def set_meta(connection: Connection, key: str, value: str) -> None:
+    if get_meta(connection, key) is None:
+        connection.execute(meta.insert().values(key=key, value=value))
+    else:
+        connection.execute(meta.update().where(meta.c.key == key).values(value=value))
+
+
+def secret_key(engine: Engine, env: dict[str, str] | None = None) -> str:
+    """Return the key that signs links: $POSTROOM_SECRET_KEY, else one generated and kept.
+
+    The generated key lives in the database, so signed links survive restarts on a site
+    that has not set one; setting the variable later invalidates older links.
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get(SECRET_ENV):
+        return env[SECRET_ENV]
+    with engine.begin() as connection:
+        key = get_meta(connection, "secret_key")
+        if key is None:
+            key = secrets.token_urlsafe(32)
+            set_meta(connection, "secret_key", key)
+    return key
+
+
+@contextmanager
+def sender_lock(engine: Engine) -> Iterator[None]:
+    """Hold the database's sender lock: one process sends a database's mail at a time.
+
+    SQLite: an flock on a file beside the database, released by the kernel even on SIGKILL.
+    PostgreSQL: a session advisory lock, released when the connection drops.
+    """
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        path = Path(f"{url.database}.lock")
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(
+                    f"{path}: another postroom process is sending from this database"
+                ) from None
+            yield
+        return
+    with engine.connect() as connection:
+        got = connection.exec_driver_sql("SELECT pg_try_advisory_lock(7350012)").scalar()
+        if not got:
+            raise StoreError("another postroom process is sending from this database")
+        try:
+            yield
+        finally:
+            connection.exec_driver_sql("SELECT pg_advisory_unlock(7350012)")
