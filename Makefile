@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 .PHONY: run test lint bench clean
 
 # Set up, then run postroom's main job on the embedded defaults: the sample posts in posts/,
-# feeds into public/.
+# feeds into public/, the digest into the Maildir var/maildir/.
 run: $(VENV)/.installed
 	$(BIN)/postroom build
+	$(BIN)/postroom digest send
 
 # Set up, then run the whole test suite (lint and type checks first: they are the cheapest).
 test: $(VENV)/.installed lint

@@ -10,10 +10,11 @@ from datetime import datetime
 from postroom.collection import PostCollection, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
-from postroom.feeds import plan_feeds, render_feed, tag_slug
+from postroom.feeds import STYLESHEET, plan_feeds, render_feed, tag_slug
 from postroom.output import read_manifest, remove_stale, write_atomic, write_manifest
 from postroom.posts import Post
 from postroom.render import RenderedPost, Renderer
+from postroom.templates import render, template_environment
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,16 @@ class BuildReport:
 
 
 class SiteBuilder:
-    """Keeps the collection's cache and rendered posts between builds (the daemon rebuilds often)."""
+    """Keeps the scan cache and rendered posts between builds (the daemon rebuilds often)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         site = settings.site
         self.collection = PostCollection(settings.posts_dir, site.zone, site.host)
         self.renderer = Renderer()
+        self.templates = template_environment(settings.templates_dir)
         self._rendered: dict[Post, RenderedPost] = {}
+        self.last_scan: Scan | None = None
 
     def rendered(self, post: Post) -> RenderedPost:
         """Return the post rendered, from the cache when the post has not changed."""
@@ -58,17 +61,26 @@ class SiteBuilder:
                 by_slug.setdefault(tag_slug(tag), tag)
         files: dict[str, bytes] = {}
         used: set[Post] = set()
-        for spec, tag in plan_feeds(self.settings, sorted(by_slug.values(), key=tag_slug)):
-            chosen = _newest_with_tag(published, tag, limit)
+        for spec, scope in plan_feeds(self.settings, sorted(by_slug.values(), key=tag_slug)):
+            chosen = _newest_with_tag(published, scope, limit)
             used.update(chosen)
             files[spec.path] = render_feed(spec, [self.rendered(p) for p in chosen])
         # Forget renderings of posts that left every feed, so memory follows the feeds' size.
         self._rendered = {p: r for p, r in self._rendered.items() if p in used}
+        if any(fmt in ("atom", "rss") for fmt in self.settings.feeds.formats):
+            files[STYLESHEET] = self.stylesheet()
         return files
+
+    def stylesheet(self) -> bytes:
+        """Return the XSL stylesheet that makes a feed readable in a browser."""
+        context = {"site": {"title": self.settings.site.title,
+                            "url": self.settings.site.base_url + "/",
+                            "subscribe_url": self.settings.public_url + "/subscribe"}}
+        return render(self.templates, STYLESHEET, context).encode("utf-8")
 
     def build(self, now: datetime, *, write: bool = True) -> BuildReport:
         """Scan, render and (unless write is False) write the feeds; return what happened."""
-        scan = self.collection.scan()
+        scan = self.last_scan = self.collection.scan()
         report = BuildReport(problems=scan.problems, parsed=scan.parsed)
         report.published = len(scan.published(now))
         report.feeds = self.feeds(scan, now)

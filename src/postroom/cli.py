@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from postroom import __version__, outbox, subscribers
 from postroom.build import BuildReport, SiteBuilder
 from postroom.config import Settings, find_config, load_settings
 from postroom.errors import PostroomError, Problem, SubscriberError
+from postroom.logs import setup_logging
 from postroom.newsletter import create_digest, open_database, plan_digest, send_outbox
 from postroom.preview import send_test, write_preview
 from postroom.progress import send_progress
@@ -71,11 +71,7 @@ def common_options(command: F) -> F:
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    # Only postroom's own loggers get chattier; libraries' debug output is noise to a user.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        force=True)
-    logging.getLogger("postroom").setLevel(level)
+    setup_logging(verbosity, os.environ.get("POSTROOM_LOG_FORMAT", "text"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,7 +111,7 @@ def _summary(report: BuildReport, settings: Settings) -> str:
     problems = f", {len(report.problems)} problem(s)" if report.problems else ""
     removed = f", {len(report.removed)} removed" if report.removed else ""
     return (
-        f"{report.published} published posts; {len(report.feeds)} feeds in "
+        f"{report.published} published posts; {len(report.feeds)} files in "
         f"{settings.output_dir}: {len(report.written)} written, "
         f"{len(report.unchanged)} unchanged{removed}{problems}"
     )
@@ -353,6 +349,36 @@ def digest_retry(ctx: Context, digest_id: int | None) -> None:
     stats = _send_with_progress(settings, engine, ctx)
     ctx.say(f"sent {stats.sent}, failed {stats.failed}, retried {stats.retried}")
     sys.exit(EXIT_PROBLEMS if stats.failed else EXIT_OK)
+
+
+# ---- the daemon -----------------------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--once", is_flag=True, help="Do one pass of everything due, then exit (cron).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines for people (text) or JSON lines for machines.")
+@common_options
+def run_command(ctx: Context, once: bool, log_format: str | None) -> None:
+    """Run the daemon: rescan and rebuild feeds, send digests on schedule, serve the web app."""
+    if log_format:
+        setup_logging(ctx.verbosity, log_format)
+    settings = ctx.settings()
+    from postroom.daemon import run
+
+    run(settings, find_config(ctx.config_path, os.environ), once=once)
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Address to listen on (default: web.host).")
+@click.option("--port", type=int, default=None, help="Port (default: web.port).")
+@common_options
+def serve_command(ctx: Context, host: str | None, port: int | None) -> None:
+    """Serve only the web app (feeds and subscription pages), without the scheduler."""
+    settings = ctx.settings()
+    from postroom.daemon import serve
+
+    serve(settings, host or settings.web.host, port if port is not None else settings.web.port)
 
 
 if __name__ == "__main__":  # pragma: no cover

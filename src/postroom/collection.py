@@ -92,7 +92,8 @@ def check_unique(posts: Sequence[Post], host: str) -> tuple[list[Post], list[Pro
             problems.append(Problem(post.path, 1, f"slug {post.slug!r} is already used by {other}"))
         elif entry_id in ids:
             other = ids[entry_id].path
-            problems.append(Problem(post.path, 1, f"entry id {entry_id!r} is already used by {other}"))
+            message = f"entry id {entry_id!r} is already used by {other}"
+            problems.append(Problem(post.path, 1, message))
         else:
             slugs[post.slug], ids[entry_id] = post, post
             kept.append(post)

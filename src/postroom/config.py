@@ -89,7 +89,7 @@ class SiteSettings(Section):
         try:
             check_absolute_url(value.format(**sample))
         except KeyError as err:
-            known = ", ".join("{%s}" % k for k in sample)
+            known = ", ".join(f"{{{k}}}" for k in sample)
             raise ValueError(f"unknown placeholder {{{err.args[0]}}} (known: {known})") from None
         return value
 
@@ -135,8 +135,8 @@ class DatabaseSettings(Section):
 
 
 class DigestSettings(Section):
-    # Posts published before this are never "new" (besides those before postroom first
-    # saw the collection). A TOML date or date-time.
+    # Start of the first digest's window (a TOML date or date-time); default: when
+    # postroom first saw the collection, so the back catalogue is never mailed.
     since: datetime | date | None = None
     # Most posts one digest lists; older new posts are summarised as "and N more".
     max_posts: int = Field(default=20, ge=1, le=500)
@@ -185,6 +185,30 @@ class SmtpSettings(Section):
     retry_wait: float = Field(default=120.0, ge=0, strict=False)
 
 
+class WebSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Addresses of reverse proxies whose X-Forwarded-For is believed (e.g. ["127.0.0.1"]).
+    trusted_proxies: tuple[str, ...] = Field(default=(), strict=False)
+    # POST /subscribe: requests per client address, and per email address, per window.
+    rate_per_client: int = Field(default=5, ge=1)
+    rate_per_email: int = Field(default=3, ge=1)
+    rate_window_seconds: int = Field(default=3600, ge=1)
+    # How long a confirmation link works, and when an unconfirmed request is forgotten.
+    confirm_expiry_days: int = Field(default=7, ge=1)
+    # Cache-Control max-age of the feeds.
+    feed_max_age: int = Field(default=300, ge=0)
+
+
+class DaemonSettings(Section):
+    # Seconds between rescans of the posts folder.
+    scan_interval: float = Field(default=60.0, gt=0, strict=False)
+    # Seconds between passes over deliveries whose retry time has come.
+    retry_interval: float = Field(default=60.0, gt=0, strict=False)
+    # Seconds given to in-flight sends on SIGTERM before they are handed back to pending.
+    shutdown_grace: float = Field(default=20.0, ge=0, strict=False)
+
+
 class Settings(Section):
     site: SiteSettings
     paths: PathSettings = PathSettings()
@@ -193,6 +217,8 @@ class Settings(Section):
     digest: DigestSettings = DigestSettings()
     mail: MailSettings = MailSettings()
     smtp: SmtpSettings = SmtpSettings()
+    web: WebSettings = WebSettings()
+    daemon: DaemonSettings = DaemonSettings()
     # Folder the relative paths are resolved against: the config file's folder.
     root: LaxPath = Path(".")
     source: Annotated[Path | None, Field(strict=False)] = None

@@ -42,8 +42,9 @@ def window_start(
 ) -> datetime:
     """Return the start of the next digest's window.
 
-    After a digest: its cutoff. Before the first: when postroom first saw the collection
-    (or `digest.since` if later), so the first digest never dumps the back catalogue.
+    After a digest: its cutoff. Before the first: `digest.since` when the owner set it,
+    else when postroom first saw the collection, so the first digest never dumps the back
+    catalogue by accident.
     """
     if previous_cutoff is not None:
         return previous_cutoff
@@ -51,9 +52,7 @@ def window_start(
         return first_seen
     if not isinstance(since, datetime):
         since = datetime.combine(since, time())
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=zone)
-    return max(first_seen, since)
+    return since if since.tzinfo else since.replace(tzinfo=zone)
 
 
 def new_posts(

@@ -13,7 +13,9 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
 from feedgen.feed import FeedGenerator
 
@@ -30,6 +32,7 @@ MEDIA_TYPES: dict[str, str] = {
     "json": "application/feed+json",
 }
 SUFFIXES: dict[str, str] = {"atom": "atom", "rss": "rss", "json": "json"}
+STYLESHEET = "feed.xsl"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class FeedSpec:
     author_email: str | None
     author_url: str | None
     full_content: bool
+    stylesheet: str | None = None  # XSL shown by browsers that open the feed
 
 
 def tag_slug(tag: str) -> str:
@@ -81,6 +85,8 @@ def plan_feeds(settings: Settings, tags: Sequence[str]) -> list[tuple[FeedSpec, 
                 author_email=site.author.email,
                 author_url=site.author.url,
                 full_content=feeds.content == "full",
+                # Path-absolute: browsers apply only a same-origin stylesheet.
+                stylesheet=f"{urlsplit(settings.feeds_url).path}/{STYLESHEET}",
             )
             plans.append((spec, tag))
     return plans
@@ -92,8 +98,19 @@ def render_feed(spec: FeedSpec, entries: Sequence[RenderedPost]) -> bytes:
         return _json_feed(spec, entries)
     generator = _feed_generator(spec, entries)
     if spec.format == "atom":
-        return bytes(generator.atom_str(pretty=True, encoding="UTF-8"))
-    return bytes(generator.rss_str(pretty=True, encoding="UTF-8"))
+        xml = bytes(generator.atom_str(pretty=True, encoding="UTF-8"))
+    else:
+        xml = bytes(generator.rss_str(pretty=True, encoding="UTF-8"))
+    return _with_stylesheet(xml, spec.stylesheet)
+
+
+def _with_stylesheet(xml: bytes, href: str | None) -> bytes:
+    """Insert an xml-stylesheet instruction after the XML declaration."""
+    if not href:
+        return xml
+    declaration, newline, rest = xml.partition(b"\n")
+    instruction = f'<?xml-stylesheet href="{escape(href, quote=True)}" type="text/xsl"?>'
+    return declaration + newline + instruction.encode("utf-8") + b"\n" + rest
 
 
 def feed_updated(entries: Sequence[RenderedPost]) -> datetime:

@@ -105,6 +105,9 @@ def prepare(envelope: Envelope, subject: str, text: str, html: str) -> PreparedM
     head["Subject"] = one_line(subject)
     head["List-Id"] = one_line(envelope.list_id)
     # Written by hand: the email package would serialise an empty multipart's boundaries.
-    structure = f'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="{boundary}"\r\n'
+    structure = (
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'
+    )
     head_bytes = head.as_bytes(policy=SMTP).removesuffix(b"\r\n") + structure.encode("ascii")
     return PreparedMessage(subject, head_bytes, boundary, text, html, envelope.one_click)

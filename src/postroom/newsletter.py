@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ class DigestPlan:
     problems: list[str] = field(default_factory=list)
 
 
-def plan_digest(settings: Settings, engine: Engine, builder: SiteBuilder, now: datetime) -> DigestPlan:
+def plan_digest(
+    settings: Settings, engine: Engine, builder: SiteBuilder, now: datetime
+) -> DigestPlan:
     """Scan the posts and return what the next digest would hold if created now."""
     scan = builder.collection.scan()
     published = scan.published(now)
@@ -90,7 +93,7 @@ def digest_messages(settings: Settings, engine: Engine) -> DigestMessages:
 async def send_outbox(
     settings: Settings, engine: Engine, now: Callable[[], datetime],
     on_finish: Callable[[SendStats], None] | None = None, wait_for_retries: float | None = None,
-    transport: Transport | None = None,
+    transport: Transport | None = None, stopping: asyncio.Event | None = None,
 ) -> SendStats:
     """Send every due delivery under the sender lock, first recovering interrupted ones."""
     with sender_lock(engine):
@@ -99,9 +102,11 @@ async def send_outbox(
             log.warning("%d delivery(ies) were interrupted mid-send; sending them again",
                         recovered)
         sender = Sender(engine, settings, transport or make_transport(settings),
-                        digest_messages(settings, engine), clock=now, on_finish=on_finish)
+                        digest_messages(settings, engine), clock=now, on_finish=on_finish,
+                        stopping=stopping)
         wait = settings.smtp.retry_wait if wait_for_retries is None else wait_for_retries
         stats = await sender.run(wait_for_retries=wait)
-    log.info("sent %d, failed %d, retried %d, bounced %d",
-             stats.sent, stats.failed, stats.retried, stats.bounced)
+    if stats.sent or stats.failed or stats.retried:
+        log.info("sent %d, failed %d, retried %d, bounced %d",
+                 stats.sent, stats.failed, stats.retried, stats.bounced)
     return stats

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, func, insert, literal, select, update
 
 from postroom.digest import DigestPost
 from postroom.schema import deliveries, digest_posts, digests, seen_posts, subscribers
@@ -83,11 +83,13 @@ def create_digest(
     a list of any size costs one statement, not a row per round trip.
     """
     with engine.begin() as connection:
-        digest_id = connection.execute(
+        inserted = connection.execute(
             insert(digests).values(
                 created_at=now, window_start=start, cutoff=cutoff, subject=subject, recipients=0
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert inserted is not None
+        digest_id = inserted[0]
         connection.execute(
             insert(digest_posts),
             [
@@ -140,7 +142,7 @@ def recover_in_flight(engine: Engine, now: datetime) -> int:
     return int(result.rowcount)
 
 
-def due(engine: Engine, now: datetime, after_id: int, limit: int) -> list[Row[Any]]:
+def due(engine: Engine, now: datetime, after_id: int, limit: int) -> Sequence[Any]:
     """Return up to `limit` pending deliveries due now with id > after_id, in id order."""
     query = (
         select(deliveries.c.id, deliveries.c.digest_id, deliveries.c.subscriber_id,
@@ -151,7 +153,7 @@ def due(engine: Engine, now: datetime, after_id: int, limit: int) -> list[Row[An
         .limit(limit)
     )
     with engine.connect() as connection:
-        return list(connection.execute(query).all())
+        return connection.execute(query).all()
 
 
 def next_due(engine: Engine) -> datetime | None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from html import escape
+from typing import Any, cast
 from urllib.parse import urljoin
 
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 from mdit_py_plugins.footnote import footnote_plugin
 
@@ -57,20 +60,25 @@ class Renderer:
             .enable(["table", "strikethrough"])
             .use(footnote_plugin)
         )
+        # The footnote plugin writes its links as bare fragments ('#fn1'), which a reader
+        # resolves against the feed, not the post: point them at the page's URL instead.
+        rules = cast(RendererHTML, self._md.renderer).rules
+        for name in ("footnote_ref", "footnote_anchor"):
+            self._md.add_render_rule(name, _on_page(rules[name]))
 
     def to_html(self, markdown: str, base_url: str) -> str:
         """Given Markdown and the page's URL, return HTML whose links and images are absolute.
 
         Feed readers and mail clients resolve nothing, so a relative link would break there.
         """
-        env: dict[str, object] = {}
+        env: dict[str, object] = {"page_url": base_url}
         tokens = self._md.parse(markdown.replace(MORE_MARKER, ""), env)
         _absolutize(tokens, base_url)
         html = self._md.renderer.render(tokens, self._md.options, env)
         return UNPRINTABLE_IN_HTML.sub("", html)
 
     def summary_of(self, markdown: str, limit: int) -> str:
-        """Return plain text for a summary: the text before <!--more-->, else the first paragraph."""
+        """Return a plain-text summary: the text before <!--more-->, else the first paragraph."""
         head, marker, _ = markdown.partition(MORE_MARKER)
         tokens = self._md.parse(head if marker else markdown, {})
         inlines = [t for t in tokens if t.type == "inline"]
@@ -118,6 +126,18 @@ def _absolutize(tokens: Sequence[Token], base_url: str) -> None:
             )
         if token.children:
             _absolutize(token.children, base_url)
+
+
+def _on_page(rule: Callable[..., str]) -> Callable[..., str]:
+    """Given a footnote render rule, return it with its '#fragment' links made absolute."""
+
+    def render(
+        self: object, tokens: Sequence[Token], idx: int, options: Any, env: dict[str, Any]
+    ) -> str:
+        page = escape(str(env["page_url"]))
+        return rule(tokens, idx, options, env).replace(' href="#', f' href="{page}#')
+
+    return render
 
 
 def _first_paragraph(tokens: Sequence[Token]) -> list[Token]:

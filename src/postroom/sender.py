@@ -106,6 +106,7 @@ class Sender:
     def __init__(
         self, engine: Engine, settings: Settings, transport: Transport, messages: DigestMessages,
         clock: Clock = utc_now, on_finish: Callable[[SendStats], None] | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.engine, self.settings, self.transport, self.messages = (
             engine, settings, transport, messages)
@@ -116,7 +117,8 @@ class Sender:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.sender_address = settings.mail.return_path or settings.mail.from_address
         self.stats = SendStats()
-        self.stopping = asyncio.Event()
+        # Set from outside (SIGTERM): take no new delivery, finish the ones in flight.
+        self.stopping = stopping or asyncio.Event()
 
     async def run(self, wait_for_retries: float = 0.0) -> SendStats:
         """Send every due delivery; wait in-process for retries due within the given seconds."""
@@ -164,7 +166,9 @@ class Sender:
             if connection is not None:
                 await connection.close()
 
-    async def _deliver(self, delivery: Row[Any], connection: Connection | None) -> Connection | None:
+    async def _deliver(
+        self, delivery: Row[Any], connection: Connection | None
+    ) -> Connection | None:
         message_id = self.messages.message_id(delivery.digest_id, delivery.subscriber_id)
         now = self.clock()
         claimed = await asyncio.to_thread(
@@ -172,10 +176,14 @@ class Sender:
         if not claimed:
             return connection
         message = self.messages.render(delivery, message_id, now)
-        await self.limiter.wait()
         try:
+            await self.limiter.wait()
             connection = connection or await self.transport.connect()
             reply = await connection.send(self.sender_address, delivery.email, message)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: hand the delivery back; it may go out twice.
+            outbox.mark_retry(self.engine, delivery.id, "interrupted by shutdown", self.clock())
+            raise
         except TransientError as err:
             if err.reconnect and connection is not None:
                 await connection.close()
@@ -212,7 +220,9 @@ class Sender:
         if err.bounce:
             with self.engine.begin() as connection:
                 bounced = subscribers.record_bounce(
-                    connection, delivery.subscriber_id, self.clock(), self.settings.mail.bounce_after)
+                    connection, delivery.subscriber_id, self.clock(),
+                    self.settings.mail.bounce_after,
+                )
             if bounced:
                 self.stats.bounced += 1
                 log.warning("marked %s bounced", delivery.email)

@@ -96,30 +96,39 @@ def secret_key(engine: Engine, env: dict[str, str] | None = None) -> str:
     return key
 
 
+LOCK_KEYS = {"sender": 7350012, "daemon": 7350013}
+
+
 @contextmanager
 def sender_lock(engine: Engine) -> Iterator[None]:
-    """Hold the database's sender lock: one process sends a database's mail at a time.
+    """Hold the database's sender lock: one process sends a database's mail at a time."""
+    with process_lock(engine, "sender", "another postroom process is sending from this database"):
+        yield
+
+
+@contextmanager
+def process_lock(engine: Engine, name: str, busy: str) -> Iterator[None]:
+    """Hold a named lock on the database for this process, or raise StoreError(busy).
 
     SQLite: an flock on a file beside the database, released by the kernel even on SIGKILL.
     PostgreSQL: a session advisory lock, released when the connection drops.
     """
     url = engine.url
     if url.get_backend_name() == "sqlite":
-        path = Path(f"{url.database}.lock")
+        suffix = ".lock" if name == "sender" else f".{name}.lock"
+        path = Path(f"{url.database}{suffix}")
         with path.open("a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StoreError(
-                    f"{path}: another postroom process is sending from this database"
-                ) from None
+                raise StoreError(f"{path}: {busy}") from None
             yield
         return
+    key = LOCK_KEYS[name]
     with engine.connect() as connection:
-        got = connection.exec_driver_sql("SELECT pg_try_advisory_lock(7350012)").scalar()
-        if not got:
-            raise StoreError("another postroom process is sending from this database")
+        if not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar():
+            raise StoreError(busy)
         try:
             yield
         finally:
-            connection.exec_driver_sql("SELECT pg_advisory_unlock(7350012)")
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")

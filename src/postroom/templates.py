@@ -11,8 +11,10 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
-    TemplateError as JinjaError,
     select_autoescape,
+)
+from jinja2 import (
+    TemplateError as JinjaError,
 )
 
 from postroom.errors import TemplateError
@@ -34,7 +36,7 @@ def template_environment(site_templates: Path | None) -> Environment:
     environment = Environment(
         loader=ChoiceLoader([FileSystemLoader(folder) for folder in folders]),
         # HTML is escaped; plain text (.txt) is not, because it is not HTML.
-        autoescape=select_autoescape(["html", "xml"], default_for_string=False),
+        autoescape=select_autoescape(["html", "xml", "xsl"], default_for_string=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -50,7 +52,8 @@ def check_templates(environment: Environment, names: Iterable[str]) -> None:
         try:
             environment.get_template(name)
         except JinjaError as err:
-            where = f"{name}:{err.lineno}" if getattr(err, "lineno", None) else name
+            line = getattr(err, "lineno", None)
+            where = f"{name}:{line}" if line else name
             raise TemplateError(f"template {where}: {err.message or err}") from None
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 
 class InvalidToken(Exception):
     """A token that was forged, mangled, or has expired."""
+
+
+class ExpiredToken(InvalidToken):
+    """A genuine token, too old to be used."""
 
 
 class Tokens:
@@ -24,20 +28,27 @@ class Tokens:
     def read_unsubscribe(self, token: str) -> int:
         return _as_id(self._read(self._unsubscribe.loads, token))
 
-    def confirm(self, subscriber_id: int, email: str) -> str:
-        """Return a token confirming one address for one subscriber; it expires."""
-        return str(self._confirm.dumps([subscriber_id, email]))
+    def confirm(self, subscriber_id: int, email: str, version: int) -> str:
+        """Return a token confirming one address for one subscriber; it expires.
 
-    def read_confirm(self, token: str, max_age_seconds: int) -> tuple[int, str]:
+        `version` is the subscriber's last status change: once the status changes again
+        (confirmed, then unsubscribed), the token no longer works, so resubscribing always
+        takes a new confirmation.
+        """
+        return str(self._confirm.dumps([subscriber_id, email, version]))
+
+    def read_confirm(self, token: str, max_age_seconds: int) -> tuple[int, str, int]:
         value = self._read(lambda t: self._confirm.loads(t, max_age=max_age_seconds), token)
-        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
+        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[1], str)):
             raise InvalidToken("malformed confirmation token")
-        return _as_id(value[0]), value[1]
+        return _as_id(value[0]), value[1], _as_id(value[2])
 
     @staticmethod
     def _read(loads: object, token: str) -> object:
         try:
             return loads(token)  # type: ignore[operator]
+        except SignatureExpired as err:
+            raise ExpiredToken(str(err)) from None
         except BadData as err:
             raise InvalidToken(str(err)) from None
 

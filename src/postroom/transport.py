@@ -101,7 +101,7 @@ class SmtpTransport:
                 await client.login(s.username, self.password)
         except aiosmtplib.SMTPAuthenticationError as err:
             raise PermanentError(f"{err.code} {err.message}", bounce=False) from None
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as err:
             raise TransientError(f"cannot connect to {s.host}:{s.port}: {err}") from None
         return _SmtpConnection(client)
 
@@ -118,7 +118,7 @@ class _SmtpConnection:
             raise _classify(refusal.code, refusal.message, recipient=True) from None
         except aiosmtplib.SMTPResponseException as err:
             raise _classify(err.code, err.message, recipient=False) from None
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as err:
             raise TransientError(f"connection lost: {err or type(err).__name__}") from None
         return reply
 
@@ -126,7 +126,7 @@ class _SmtpConnection:
         try:
             if self.client.is_connected:
                 await self.client.quit()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             self.client.close()
 
 

@@ -1,0 +1,97 @@
+"""Double opt-in: asking to subscribe, confirming, leaving, and expiring stale requests.
+
+Every function returns the same kind of answer whatever state the address was in, so the
+web pages built on them cannot reveal who is subscribed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, and_, delete, select
+
+from postroom import subscribers
+from postroom.schema import deliveries
+from postroom.schema import subscribers as subscribers_table
+
+
+def version_of(moment: datetime) -> int:
+    """Return a status-change time as the integer a confirmation token carries."""
+    return int(moment.timestamp() * 1000)
+
+
+def request_subscription(
+    engine: Engine, email: str, now: datetime, source: str
+) -> tuple[int, int] | None:
+    """Record a request to subscribe; return (id, version) to confirm, or None.
+
+    New addresses become pending. Pending, unsubscribed and bounced ones keep their status
+    until they confirm (resubscribing needs a new confirmation). Active ones need nothing.
+    """
+    with engine.begin() as connection:
+        row, _created = subscribers.add(connection, email, now, status="pending", source=source)
+    if row.status == "active":
+        return None
+    return int(row.id), version_of(row.status_changed_at)
+
+
+def confirm(engine: Engine, subscriber_id: int, email: str, version: int, now: datetime) -> str:
+    """Activate the subscriber a token names: 'confirmed', 'already' (idempotent) or 'stale'.
+
+    The address is in the token, so a token cannot confirm somebody else; the version
+    ties it to the status it was issued for, so an old token cannot undo an unsubscribe.
+    """
+    with engine.begin() as connection:
+        row = connection.execute(
+            select(subscribers_table).where(subscribers_table.c.id == subscriber_id)
+        ).first()
+        if row is None or row.email != email:
+            return "stale"
+        if row.status == "active":
+            return "already"
+        if version_of(row.status_changed_at) != version:
+            return "stale"
+        subscribers.set_status(connection, row.id, "active", now)
+    return "confirmed"
+
+
+def unsubscribe(engine: Engine, subscriber_id: int, now: datetime) -> str | None:
+    """Unsubscribe; idempotent. Return the address, or None if there is no such subscriber.
+
+    Pending deliveries to the address are dropped, so nothing more is sent after this.
+    """
+    with engine.begin() as connection:
+        row = connection.execute(
+            select(subscribers_table).where(subscribers_table.c.id == subscriber_id)
+        ).first()
+        if row is None:
+            return None
+        if row.status != "unsubscribed":
+            subscribers.set_status(connection, row.id, "unsubscribed", now)
+        connection.execute(
+            deliveries.update()
+            .where(deliveries.c.subscriber_id == row.id, deliveries.c.status == "pending")
+            .values(status="failed", last_reply="unsubscribed before sending")
+        )
+        return str(row.email)
+
+
+def expire_pending(engine: Engine, now: datetime, after_days: int) -> int:
+    """Delete requests never confirmed within `after_days`; return how many.
+
+    Only never-confirmed rows go: an unsubscribed address is kept, so an import can
+    never bring it back.
+    """
+    cutoff = now - timedelta(days=after_days)
+    with engine.begin() as connection:
+        result = connection.execute(
+            delete(subscribers_table).where(
+                and_(
+                    subscribers_table.c.status == "pending",
+                    subscribers_table.c.confirmed_at.is_(None),
+                    subscribers_table.c.created_at < cutoff,
+                    ~subscribers_table.c.id.in_(select(deliveries.c.subscriber_id)),
+                )
+            )
+        )
+    return int(result.rowcount)

@@ -1,0 +1,109 @@
+"""The web app: feeds for readers, pages for subscribers, /healthz for operators."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from postroom.web import pages
+from postroom.web.feedfiles import feed_response, not_found
+from postroom.web.state import WebState
+
+# Pages load nothing from anywhere: no scripts at all, styles inline, forms post to us.
+PAGE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+async def feed(request: Request) -> Response:
+    state = pages.state_of(request)
+    name = request.url.path.lstrip("/")
+    found = state.feeds.lookup(name)
+    if found is None:
+        return not_found()
+    return feed_response(request, found, name, state.settings.web.feed_max_age)
+
+
+async def healthz(request: Request) -> Response:
+    state = pages.state_of(request)
+    database_ok = await asyncio.to_thread(_database_ok, state)
+    payload = pages.health_payload(state, database_ok)
+    return JSONResponse(payload, status_code=200 if payload["status"] == "ok" else 503,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _database_ok(state: WebState) -> bool:
+    try:
+        with state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:  # any failure to reach the database is what this reports
+        return False
+    return True
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse(request.url_for("subscribe_form"), status_code=303)
+
+
+class SecurityHeaders:
+    """Adds headers every response should carry; pages also get a strict CSP."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"no-referrer")]
+                if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                    headers.append((b"content-security-policy", PAGE_POLICY.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(state: WebState) -> Starlette:
+    """Given the web state, return the ASGI app (the daemon mounts it; `serve` runs it)."""
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(state.settings.site.base_url))
+    routes = [
+        Route("/", home, methods=["GET"]),
+        Route("/feed.atom", feed, methods=["GET", "HEAD"]),
+        Route("/feed.rss", feed, methods=["GET", "HEAD"]),
+        Route("/feed.json", feed, methods=["GET", "HEAD"]),
+        Route("/feed.xsl", feed, methods=["GET", "HEAD"]),
+        Route("/tags/{name}", feed, methods=["GET", "HEAD"]),
+        Route("/subscribe", pages.subscribe_form, methods=["GET"], name="subscribe_form"),
+        Route("/subscribe", pages.subscribe, methods=["POST"], name="subscribe"),
+        Route("/subscribe/snippet", pages.snippet, methods=["GET"]),
+        Route("/api/subscribe", pages.subscribe_json, methods=["POST"]),
+        Route("/confirm/{token}", pages.confirm, methods=["GET"]),
+        Route("/unsubscribe/{token}", pages.unsubscribe_page, methods=["GET"]),
+        Route("/unsubscribe/{token}", pages.unsubscribe, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        # Only the JSON endpoint is meant for the blog's own pages on another origin.
+        Middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["POST"],
+                   allow_headers=["content-type"]),
+    ]
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.postroom = state
+    return app

@@ -1,0 +1,227 @@
+"""Subscribe, confirm and unsubscribe: the pages, and the JSON variant for embedding.
+
+No enumeration: a valid address gets the same response whatever its state, and the
+confirmation is sent in the background so the timing does not tell either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+from postroom import optin
+from postroom.digest import compose_confirmation
+from postroom.errors import SubscriberError
+from postroom.subscribers import normalize_address
+from postroom.tokens import ExpiredToken, InvalidToken
+from postroom.transport import DeliveryError
+from postroom.web.csrf import COOKIE
+from postroom.web.limits import retry_after
+from postroom.web.state import WebState
+
+log = logging.getLogger(__name__)
+DONE = "Check your inbox to confirm. If the address can receive mail, a message is on its way."
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+def state_of(request: Request) -> WebState:
+    state: WebState = request.app.state.postroom
+    return state
+
+
+def message_page(state: WebState, heading: str, *paragraphs: str, status: int = 200) -> Response:
+    html = state.page("message.html", heading=heading, paragraphs=paragraphs)
+    return HTMLResponse(html, status_code=status)
+
+
+def form_page(request: Request, email: str = "", error: str = "", status: int = 200) -> Response:
+    """Return the subscription form with a fresh CSRF token (and its cookie)."""
+    state = state_of(request)
+    cookie, token = state.csrf.new_pair(request.cookies.get(COOKIE))
+    html = state.page("subscribe.html", csrf=token, email=email, error=error,
+                      action=str(request.url_for("subscribe")))
+    response = HTMLResponse(html, status_code=status)
+    response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", max_age=2 * 3600)
+    return response
+
+
+async def subscribe_form(request: Request) -> Response:
+    return form_page(request)
+
+
+async def subscribe(request: Request) -> Response:
+    """POST /subscribe from the form: CSRF, honeypot, limits, then the same answer for all."""
+    state = state_of(request)
+    form = await request.form()
+    raw = str(form.get("email", ""))[:400]
+    if not state.csrf.valid(request.cookies.get(COOKIE), str(form.get("csrf", "")) or None):
+        # Also the path of the embedded snippet, which cannot carry a token: one more click.
+        return form_page(request, raw, "Please press Subscribe once more to confirm.", 400)
+    outcome = await _request(state, request, raw, honeypot=str(form.get("website", "")))
+    if isinstance(outcome, Response):
+        return outcome
+    if outcome:
+        return form_page(request, raw, outcome, 400)
+    return _done(state, message_page(state, "Almost there", DONE), raw)
+
+
+async def subscribe_json(request: Request) -> Response:
+    """POST /api/subscribe with {"email": ...}: the JSON variant, same rules, same answers."""
+    state = state_of(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    raw = body.get("email", "") if isinstance(body, dict) else ""
+    outcome = await _request(state, request, str(raw)[:400], honeypot="", as_json=True)
+    if isinstance(outcome, Response):
+        return outcome
+    if outcome:
+        return JSONResponse({"ok": False, "error": outcome}, status_code=400)
+    return _done(state, JSONResponse({"ok": True, "message": DONE}), str(raw))
+
+
+async def _request(state: WebState, request: Request, raw: str, honeypot: str,
+                   as_json: bool = False) -> Response | str | None:
+    """Apply the limits and validation; return a response to send, an error, or None (ok)."""
+    client = request.client.host if request.client else "unknown"
+    wait = state.per_client.hit(client)
+    if wait:
+        return _too_many(state, wait, as_json)
+    if honeypot:
+        log.info("honeypot filled by %s: ignored", client)
+        return None
+    try:
+        email = normalize_address(raw)
+    except SubscriberError:
+        return "That does not look like an email address."
+    wait = state.per_email.hit(email.lower())
+    if wait:
+        return _too_many(state, wait, as_json)
+    return None
+
+
+def _too_many(state: WebState, wait: float, as_json: bool) -> Response:
+    headers = {"Retry-After": retry_after(wait)}
+    text = "Too many requests. Please try again later."
+    if as_json:
+        return JSONResponse({"ok": False, "error": text}, status_code=429, headers=headers)
+    response = message_page(state, "Slow down", text, status=429)
+    response.headers.update(headers)
+    return response
+
+
+def _done(state: WebState, response: Response, raw: str) -> Response:
+    try:
+        email = normalize_address(raw)
+    except SubscriberError:
+        return response  # the honeypot path: nothing to do
+    response.background = BackgroundTask(_record_and_confirm, state, email)
+    return response
+
+
+async def _record_and_confirm(state: WebState, email: str) -> None:
+    now = state.clock()
+    pending = await asyncio.to_thread(optin.request_subscription, state.engine, email, now, "web")
+    if pending is None:
+        log.info("subscribe request for an active address: nothing to send")
+        return
+    subscriber_id, version = pending
+    token = state.tokens.confirm(subscriber_id, email, version)
+    link = f"{state.settings.public_url}/confirm/{token}"
+    prepared = compose_confirmation(state.templates, state.settings, email,
+                                    state.settings.web.confirm_expiry_days)
+    message_id = f"<confirm.{subscriber_id}.{version}@{state.settings.site.host}>"
+    raw = prepared.for_recipient(email, message_id, now, link)
+    sender = state.settings.mail.return_path or state.settings.mail.from_address
+    try:
+        connection = await state.transport.connect()
+        try:
+            await connection.send(sender, email, raw)
+        finally:
+            await connection.close()
+    except DeliveryError as err:
+        log.warning("confirmation to %s not sent: %s", email, err.reply)
+        return
+    log.info("confirmation sent to %s (subscriber %d)", email, subscriber_id)
+
+
+async def confirm(request: Request) -> Response:
+    state = state_of(request)
+    max_age = state.settings.web.confirm_expiry_days * 86400
+    try:
+        subscriber_id, email, version = state.tokens.read_confirm(
+            request.path_params["token"], max_age)
+    except ExpiredToken:
+        return message_page(state, "This link has expired",
+                            "Confirmation links work for a limited time. Subscribe again "
+                            "to get a new one.", status=410)
+    except InvalidToken:
+        return _invalid_link(state)
+    outcome = await asyncio.to_thread(
+        optin.confirm, state.engine, subscriber_id, email, version, state.clock())
+    if outcome == "stale":
+        return message_page(state, "This link is no longer valid",
+                            "It was already used, or the subscription changed since. "
+                            "Subscribe again to get a new link.", status=410)
+    log.info("subscriber %d confirmed (%s)", subscriber_id, outcome)
+    return message_page(state, "You are subscribed",
+                        f"Thank you. New posts of {state.settings.site.title} will come to "
+                        f"{email}.")
+
+
+def _invalid_link(state: WebState) -> Response:
+    return message_page(state, "This link is not valid",
+                        "Check that the whole link was copied from the email.", status=400)
+
+
+async def unsubscribe_page(request: Request) -> Response:
+    state = state_of(request)
+    try:
+        state.tokens.read_unsubscribe(request.path_params["token"])
+    except InvalidToken:
+        return _invalid_link(state)
+    html = state.page("unsubscribe.html", action=str(request.url))
+    return HTMLResponse(html)
+
+
+async def unsubscribe(request: Request) -> Response:
+    """POST: the page's button, or RFC 8058 one-click from a mail client (no cookie, no step)."""
+    state = state_of(request)
+    try:
+        subscriber_id = state.tokens.read_unsubscribe(request.path_params["token"])
+    except InvalidToken:
+        return _invalid_link(state)
+    body = (await request.body())[:1000].decode("utf-8", "replace")
+    email = await asyncio.to_thread(optin.unsubscribe, state.engine, subscriber_id, state.clock())
+    log.info("subscriber %d unsubscribed (%s)", subscriber_id,
+             "one-click" if ONE_CLICK in body else "page")
+    if ONE_CLICK in body:
+        return PlainTextResponse("unsubscribed\n")
+    heading = "You are unsubscribed"
+    text = f"{email} will get no more emails from {state.settings.site.title}." if email else ""
+    return message_page(state, heading, text)
+
+
+async def snippet(request: Request) -> Response:
+    """GET /subscribe/snippet: an HTML form to paste into the blog's own pages."""
+    state = state_of(request)
+    html = state.page("embed_snippet.html", action=str(request.url_for("subscribe")))
+    return PlainTextResponse(html)
+
+
+def health_payload(state: WebState, database_ok: bool) -> dict[str, Any]:
+    running = state.health.scheduler_running
+    return {
+        "status": "ok" if database_ok and (running is None or running()) else "degraded",
+        "database": database_ok,
+        "scheduler": None if running is None else running(),
+        "last_build": state.health.last_build.isoformat() if state.health.last_build else None,
+        "last_digest": state.health.last_digest.isoformat() if state.health.last_digest else None,
+    }

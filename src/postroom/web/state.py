@@ -1,0 +1,61 @@
+"""What the web app needs, held in one object so SIGHUP can swap it whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment
+from sqlalchemy import Engine
+
+from postroom.config import Settings
+from postroom.templates import render
+from postroom.tokens import Tokens
+from postroom.transport import Transport
+from postroom.web.csrf import Csrf
+from postroom.web.feedfiles import FeedFiles
+from postroom.web.limits import SlidingWindow
+
+
+@dataclass
+class Health:
+    """What /healthz reports besides the database: set by the daemon as things happen."""
+
+    scheduler_running: Callable[[], bool] | None = None
+    last_build: datetime | None = None
+    last_digest: datetime | None = None
+
+
+@dataclass
+class WebState:
+    settings: Settings
+    engine: Engine
+    templates: Environment
+    tokens: Tokens
+    csrf: Csrf
+    transport: Transport
+    feeds: FeedFiles
+    per_client: SlidingWindow
+    per_email: SlidingWindow
+    health: Health = field(default_factory=Health)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @classmethod
+    def create(cls, settings: Settings, engine: Engine, templates: Environment, secret: str,
+               transport: Transport, health: Health | None = None) -> WebState:
+        web = settings.web
+        return cls(
+            settings=settings, engine=engine, templates=templates, tokens=Tokens(secret),
+            csrf=Csrf(secret), transport=transport, feeds=FeedFiles(settings.output_dir),
+            per_client=SlidingWindow(web.rate_per_client, web.rate_window_seconds),
+            per_email=SlidingWindow(web.rate_per_email, web.rate_window_seconds),
+            health=health or Health(),
+        )
+
+    def page(self, name: str, **context: Any) -> str:
+        site = self.settings.site
+        context["site"] = {"title": site.title, "url": site.base_url + "/",
+                           "language": site.language}
+        return render(self.templates, name, context)
