@@ -43,6 +43,8 @@ class SiteBuilder:
         self.templates = template_environment(settings.templates_dir)
         self._rendered: dict[Post, RenderedPost] = {}
         self.last_scan: Scan | None = None
+        self._last_published: list[Post] = []
+        self._last_files: dict[str, bytes] | None = None
 
     def rendered(self, post: Post) -> RenderedPost:
         """Return the post rendered, from the cache when the post has not changed."""
@@ -54,6 +56,18 @@ class SiteBuilder:
     def feeds(self, scan: Scan, now: datetime) -> dict[str, bytes]:
         """Given a scan and the time, return every feed file's relative path and bytes."""
         published = scan.published(now)
+        # Unchanged posts are the very same cached objects, so identity says "nothing new"
+        # (the previous list is kept alive, so no id can have been reused).
+        previous = self._last_published
+        if self._last_files is not None and len(previous) == len(published) and all(
+            a is b for a, b in zip(previous, published, strict=True)
+        ):
+            return self._last_files
+        files = self._render_feeds(published)
+        self._last_published, self._last_files = published, files
+        return files
+
+    def _render_feeds(self, published: list[Post]) -> dict[str, bytes]:
         limit = self.settings.feeds.entries
         by_slug: dict[str, str] = {}
         for post in published:

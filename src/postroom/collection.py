@@ -36,22 +36,22 @@ class PostCollection:
     folder: Path
     zone: tzinfo
     host: str
-    _cache: dict[Path, tuple[FileKey, ParsedFile]] = field(default_factory=dict)
+    _cache: dict[str, tuple[FileKey, ParsedFile]] = field(default_factory=dict)
 
     def scan(self) -> Scan:
         """Return the collection as it is on disk now."""
         if not self.folder.is_dir():
             problem = Problem(self.folder, 0, "posts folder does not exist")
             return Scan([], [problem], changed=bool(self._cache))
-        seen: dict[Path, tuple[FileKey, ParsedFile]] = {}
+        seen: dict[str, tuple[FileKey, ParsedFile]] = {}
         parsed = 0
-        for path in iter_post_files(self.folder):
-            key = _file_key(path)
-            cached = self._cache.get(path)
+        for entry in iter_post_files(self.folder):
+            key = _file_key(entry)
+            cached = self._cache.get(entry.path)
             if cached is not None and cached[0] == key:
-                seen[path] = cached
+                seen[entry.path] = cached
                 continue
-            seen[path] = (key, read_post_file(path, self.zone))
+            seen[entry.path] = (key, read_post_file(Path(entry.path), self.zone))
             parsed += 1
         changed = parsed > 0 or seen.keys() != self._cache.keys()
         self._cache = seen
@@ -63,9 +63,9 @@ class PostCollection:
         return Scan(posts, sorted(problems), changed=changed, parsed=parsed)
 
 
-def _file_key(path: Path) -> FileKey:
+def _file_key(entry: os.DirEntry[str]) -> FileKey:
     try:
-        stat = os.stat(path)
+        stat = entry.stat()  # follows symlinks, like reading the file will
     except OSError:
         return (-1, -1)  # read_post_file reports why
     return (stat.st_size, stat.st_mtime_ns)

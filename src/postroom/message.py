@@ -11,9 +11,11 @@ import binascii
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from email.header import Header
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 
 # Stands in for the recipient's own link in the rendered bodies; letters and digits only,
 # so no escaping (HTML, quoted-printable) can alter it.
@@ -99,15 +101,35 @@ def prepare(envelope: Envelope, subject: str, text: str, html: str) -> PreparedM
     """
     boundary = "postroom-" + secrets.token_hex(12)
     head = EmailMessage(policy=SMTP)
-    head["From"] = formataddr((one_line(envelope.from_name), one_line(envelope.from_address)))
+    # An Address, not a formatted string: re-parsing one drops quotes from an encoded name.
+    head["From"] = Address(one_line(envelope.from_name), addr_spec=one_line(envelope.from_address))
     if envelope.reply_to:
         head["Reply-To"] = one_line(envelope.reply_to)
-    head["Subject"] = one_line(subject)
     head["List-Id"] = one_line(envelope.list_id)
     # Written by hand: the email package would serialise an empty multipart's boundaries.
     structure = (
         "MIME-Version: 1.0\r\n"
         f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'
     )
-    head_bytes = head.as_bytes(policy=SMTP).removesuffix(b"\r\n") + structure.encode("ascii")
+    head_bytes = (
+        head.as_bytes(policy=SMTP).removesuffix(b"\r\n")
+        + subject_line(subject)
+        + structure.encode("ascii")
+    )
     return PreparedMessage(subject, head_bytes, boundary, text, html, envelope.one_click)
+
+
+def subject_line(subject: str) -> bytes:
+    """Return the folded Subject header line that a mail client decodes to exactly `subject`.
+
+    Given a str, the email package decodes the RFC 2047 encoded words in it, so a title that
+    only looks like one ('=?utf-8?q?=0D=0ABcc:...?=') would be written out as a line break
+    and a forged header. Such a subject is encoded here instead, whole, as encoded words.
+    """
+    one_line(subject)
+    if "=?" not in subject:
+        head = EmailMessage(policy=SMTP)
+        head["Subject"] = subject
+        return head.as_bytes(policy=SMTP).removesuffix(b"\r\n")
+    folded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return f"Subject: {folded}\r\n".encode("ascii")

@@ -104,13 +104,16 @@ def create_digest(
             literal(digest_id), subscribers.c.id, subscribers.c.email, literal("pending"),
             literal(0), literal(now, type_=deliveries.c.next_attempt_at.type),
         ).where(subscribers.c.status == "active")
-        result = connection.execute(
+        connection.execute(
             insert(deliveries).from_select(
                 ["digest_id", "subscriber_id", "email", "status", "attempts", "next_attempt_at"],
                 active,
             )
         )
-        recipients = result.rowcount
+        # Counted, not read from rowcount: psycopg's is -1 for an INSERT … SELECT by then.
+        recipients = connection.execute(
+            select(func.count()).select_from(deliveries).where(deliveries.c.digest_id == digest_id)
+        ).scalar_one()
         connection.execute(
             update(digests).where(digests.c.id == digest_id).values(recipients=recipients)
         )

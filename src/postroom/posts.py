@@ -116,16 +116,21 @@ def is_post_file(name: str) -> bool:
     """Given a file name, return whether it is a post (not hidden, not an editor's temp file)."""
     if name.startswith((".", "#", "~")) or name.endswith(("~", "#")):
         return False
-    return Path(name).suffix.lower() in MARKDOWN_SUFFIXES
+    return os.path.splitext(name)[1].lower() in MARKDOWN_SUFFIXES
 
 
-def iter_post_files(folder: Path) -> Iterator[Path]:
-    """Given the posts folder, yield every post file under it, in a stable order."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-        for name in sorted(files):
-            if is_post_file(name):
-                yield Path(root) / name
+def iter_post_files(folder: Path) -> Iterator[os.DirEntry[str]]:
+    """Given the posts folder, yield every post file under it, in a stable order.
+
+    DirEntry rather than Path: a rescan of tens of thousands of files is mostly this loop.
+    """
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith((".", "_")):
+            yield from iter_post_files(Path(entry.path))
+        elif is_post_file(entry.name) and not entry.is_dir():
+            yield entry
 
 
 def read_post_file(path: Path, zone: tzinfo) -> ParsedFile:

@@ -13,7 +13,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, event, select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, SQLAlchemyError
 
 from postroom.errors import StoreError
 from postroom.schema import meta
@@ -64,7 +64,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
-    except OperationalError as err:
+    except DatabaseError as err:  # OperationalError, or a file that is not SQLite at all
         raise StoreError(f"cannot migrate the database {engine.url!r}: {err.orig}") from None
 
 

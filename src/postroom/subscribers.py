@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +22,12 @@ EXPORT_COLUMNS = (
     "email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at",
 )
 BATCH = 1000
+# The timestamp each status is stamped with when a subscriber moves to it.
+STATUS_STAMPS = {
+    "active": "confirmed_at", "unsubscribed": "unsubscribed_at", "bounced": "bounced_at",
+}
+# A spreadsheet runs a cell starting with one of these as a formula; a leading ' marks text.
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def normalize_address(address: str) -> str:
@@ -36,7 +43,9 @@ def normalize_address(address: str) -> str:
     except EmailNotValidError as err:
         raise SubscriberError(f"{candidate!r} is not a valid email address: {err}") from None
     # The domain is case-insensitive; the local part is kept as given (RFC 5321 §2.4).
-    return str(result.normalized)
+    # The ASCII form: an internationalized domain as IDNA ("xn--"), which SMTP without
+    # SMTPUTF8 and the To header can carry; its Unicode form would stop the sender.
+    return str(result.ascii_email)
 
 
 def find(connection: Connection, email: str) -> Row[Any] | None:
@@ -46,21 +55,24 @@ def find(connection: Connection, email: str) -> Row[Any] | None:
 
 def add(
     connection: Connection, email: str, now: datetime, *, status: str = "active",
-    source: str = "cli", name: str | None = None,
+    source: str = "cli", name: str | None = None, stamps: Mapping[str, datetime] | None = None,
 ) -> tuple[Row[Any], bool]:
     """Add an address with a status; return its row and whether it was created.
 
     An existing address is left as it is: re-adding never re-activates an unsubscribed
-    or bounced address (that takes a new confirmation).
+    or bounced address (that takes a new confirmation). `stamps` carries known times
+    (created_at, confirmed_at, unsubscribed_at) over from an export; the rest are `now`.
     """
     existing = find(connection, email)
     if existing is not None:
         return existing, False
-    values = dict(
-        email=email, name=name, status=status, source=source, created_at=now,
-        status_changed_at=now, bounce_count=0,
-        confirmed_at=now if status == "active" else None,
+    values: dict[str, Any] = dict(
+        email=email, name=name, status=status, source=source, created_at=now, bounce_count=0,
     )
+    if status in STATUS_STAMPS:
+        values[STATUS_STAMPS[status]] = now
+    values.update(stamps or {})
+    values["status_changed_at"] = values.get(STATUS_STAMPS.get(status, "created_at"), now)
     connection.execute(subscribers.insert().values(**values))
     row = find(connection, email)
     assert row is not None
@@ -72,9 +84,8 @@ def set_status(connection: Connection, subscriber_id: int, status: str, now: dat
     if status not in STATUSES:
         raise SubscriberError(f"unknown status {status!r} (expected one of {', '.join(STATUSES)})")
     values: dict[str, Any] = {"status": status, "status_changed_at": now}
-    stamp = {"active": "confirmed_at", "unsubscribed": "unsubscribed_at", "bounced": "bounced_at"}
-    if status in stamp:
-        values[stamp[status]] = now
+    if status in STATUS_STAMPS:
+        values[STATUS_STAMPS[status]] = now
     if status == "active":
         values["bounce_count"] = 0
     connection.execute(
@@ -133,12 +144,22 @@ def decode_csv(raw: bytes) -> str:
 
     Spreadsheets export in all of these; cp1252 decodes any byte, so it goes last.
     """
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16")
+    data = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        return raw.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
+        # Lists glued together from two exports mix encodings: decode line by line, so
+        # the UTF-8 lines stay right and only the others are read as cp1252.
+        return "".join(_decode_line(line) for line in data.splitlines(keepends=True))
+
+
+def _decode_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("cp1252", errors="replace")
 
 
 def import_csv(
@@ -148,7 +169,9 @@ def import_csv(
     """Import subscribers from CSV text with a header naming an `email` column.
 
     Every bad row is reported by line number; the good ones are imported. Re-importing
-    the same file changes nothing.
+    the same file changes nothing. The columns of an export (status, source, created_at,
+    confirmed_at, unsubscribed_at) are honoured when present, so an export imports back
+    as it was: above all, an unsubscribed address stays unsubscribed.
     """
     report = ImportReport()
     path = Path(label)
@@ -157,16 +180,17 @@ def import_csv(
     if "email" not in header:
         report.problems.append(Problem(path, 1, "header has no 'email' column"))
         return report
-    email_at, name_at = header.index("email"), header.index("name") if "name" in header else None
+    columns = {name: header.index(name) for name in header}
     seen: dict[str, int] = {}
     with engine.begin() as connection:
-        for row in reader:
+        for raw_row in reader:
             line = reader.line_num
-            if not any(cell.strip() for cell in row):
+            if not any(cell.strip() for cell in raw_row):
                 continue
-            cell = row[email_at] if email_at < len(row) else ""
+            row = [_unneutralise(cell) for cell in raw_row]
             try:
-                email = normalize_address(cell)
+                email = _email_cell(row, columns["email"], len(header))
+                facts = _row_facts(row, columns)
             except SubscriberError as err:
                 report.problems.append(Problem(path, line, str(err)))
                 continue
@@ -174,9 +198,9 @@ def import_csv(
                 report.problems.append(Problem(path, line, f"{email} repeats line {seen[email]}"))
                 continue
             seen[email] = line
-            name = _optional_cell(row, name_at)
             existing, created = add(
-                connection, email, now, status=status, source=source, name=name
+                connection, email, now, status=facts.pop("status", status),
+                source=facts.pop("source", source), name=facts.pop("name", None), stamps=facts,
             )
             if created:
                 report.added += 1
@@ -187,19 +211,64 @@ def import_csv(
     return report
 
 
-def _optional_cell(row: list[str], index: int | None) -> str | None:
-    if index is None or index >= len(row):
-        return None
-    return row[index].strip() or None
+def _email_cell(row: list[str], index: int, width: int) -> str:
+    """Return the row's normalized address, or raise saying what is wrong with the cell."""
+    if index >= len(row):
+        raise SubscriberError(
+            f"no email: the row has {len(row)} field(s), the header {width} (a missing delimiter?)"
+        )
+    if not row[index].strip():
+        raise SubscriberError("the email is empty")
+    return normalize_address(row[index])
+
+
+def _row_facts(row: list[str], columns: Mapping[str, int]) -> dict[str, Any]:
+    """Return the row's optional name, status, source and timestamps that are filled in."""
+    facts: dict[str, Any] = {}
+    for column in ("name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at"):
+        index = columns.get(column)
+        value = row[index].strip() if index is not None and index < len(row) else ""
+        if not value:
+            continue
+        if column == "status" and value not in STATUSES:
+            raise SubscriberError(f"status {value!r} is not one of {', '.join(STATUSES)}")
+        limit = getattr(subscribers.c[column].type, "length", None)
+        if limit is not None and len(value) > limit:
+            raise SubscriberError(f"{column} is longer than {limit} characters")
+        if column.endswith("_at"):
+            facts[column] = _parse_time(column, value)
+        else:
+            facts[column] = value
+    return facts
+
+
+def _parse_time(column: str, value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise SubscriberError(f"{column} {value!r} is not an ISO 8601 date-time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _unneutralise(cell: str) -> str:
+    """Undo _cell's formula guard: drop the ' that export put before = + - @ or '."""
+    if cell.startswith("'") and cell[1:2] in (*FORMULA_STARTS, "'"):
+        return cell[1:]
+    return cell
 
 
 def _csv_reader(text: str) -> Any:
-    sample = text[:4096]
-    try:
-        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    return csv.reader(io.StringIO(text, newline=""), dialect)
+    """Return a CSV reader whose delimiter is the one that puts `email` in a header cell.
+
+    Decided by the header alone: guessing from the rows (csv.Sniffer) fails on exactly
+    the files an import must cope with, those with short or malformed rows.
+    """
+    header = next(iter(text.splitlines()), "")
+    for delimiter in (",", ";", "\t"):
+        cells = next(csv.reader([header], delimiter=delimiter), [])
+        if any(cell.strip().lower() == "email" for cell in cells):
+            return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    return csv.reader(io.StringIO(text, newline=""))
 
 
 def export_csv(engine: Engine, out: TextIO, status: str | None = None) -> int:
@@ -219,5 +288,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     text = str(value)
-    # A cell starting with = + - @ is a formula to a spreadsheet: neutralise it.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    # A cell starting with = + - @ is a formula to a spreadsheet: neutralise it (and escape
+    # a leading ' as well, so import_csv can undo exactly this).
+    return "'" + text if text[:1] in (*FORMULA_STARTS, "'") else text

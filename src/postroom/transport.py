@@ -57,7 +57,13 @@ class MaildirTransport:
         self.folder = folder
 
     async def connect(self) -> Connection:
-        return _MaildirConnection(mailbox.Maildir(self.folder, create=True))
+        try:
+            # mailbox creates the Maildir's own folder, not the ones above it (var/).
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            box = mailbox.Maildir(self.folder, create=True)
+        except OSError as err:
+            raise TransientError(f"maildir {self.folder}: {err.strerror or err}") from None
+        return _MaildirConnection(box)
 
 
 class _MaildirConnection:
