@@ -27,6 +27,7 @@ from postroom.preview import send_test, write_preview
 from postroom.progress import send_progress
 from postroom.sender import SendStats
 from postroom.sitefolder import create_site
+from postroom.store import reading
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -223,7 +224,7 @@ def subscribers_list(ctx: Context, status: str | None) -> None:
     engine = open_database(ctx.settings())
     for row in subscribers.iter_subscribers(engine, status):
         click.echo(f"{row.email}\t{row.status}\t{row.status_changed_at:%Y-%m-%d}")
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         totals = subscribers.counts(connection)
     ctx.say(", ".join(f"{n} {s}" for s, n in totals.items()))
 
@@ -301,7 +302,7 @@ def digest_send(ctx: Context, dry_run: bool, address: str | None) -> None:
             asyncio.run(send_test(settings, engine, plan, address, _now()))
             ctx.say(f"sent a test digest with {len(plan.posts)} post(s) to {address}")
         else:
-            with engine.connect() as connection:
+            with reading(engine) as connection:
                 active = subscribers.counts(connection)["active"]
             ctx.say(f"would create a digest of {len(plan.posts)} post(s) for {active} "
                     "subscriber(s):")

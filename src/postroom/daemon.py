@@ -15,7 +15,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
-from postroom import optin
+from postroom import optin, outbox
 from postroom.build import SiteBuilder
 from postroom.config import Settings, load_settings
 from postroom.errors import PostroomError, StoreError
@@ -56,15 +56,20 @@ class Daemon:
         self.sending: asyncio.Task[Any] | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self._apply(settings, open_database(settings))
+        # Without digest.since, the first digest starts when postroom first saw the posts:
+        # for a daemon that is its first start, so a post written after it is new.
+        outbox.first_seen(self.engine, clock())
 
     def _apply(self, settings: Settings, engine: Engine) -> None:
         """Build the parts that depend on the settings (at start, and on SIGHUP)."""
         trigger = parse_schedule(settings.digest.schedule, settings.site.zone)
         templates = template_environment(settings.templates_dir)
+        builder = SiteBuilder(settings)
+        web = WebState.create(settings, engine, templates, secret_key(engine),
+                              make_transport(settings), self.health)
+        # Only once every part is built: a config that fails half-way changes nothing.
         self.settings, self.engine, self.trigger = settings, engine, trigger
-        self.builder = SiteBuilder(settings)
-        self.web = WebState.create(settings, engine, templates, secret_key(engine),
-                                   make_transport(settings), self.health)
+        self.builder, self.web = builder, web
 
     # ---- the jobs ---------------------------------------------------------------------
 

@@ -61,16 +61,29 @@ def new_posts(
     start: datetime,
     cutoff: datetime,
     already_sent: Collection[str],
+    late: Collection[str] = frozenset(),
+    floor: datetime | None = None,
 ) -> list[DigestPost]:
     """Return the posts published in (start, cutoff], oldest first, never one already sent.
 
     `slugs` maps entry IDs to slugs; `already_sent` holds the entry IDs and slugs of posts
     in earlier digests, so a post edited (or re-dated) after it was sent is not sent again.
+    `late` holds the entry IDs of posts first seen after `start` although dated before it
+    (pushed late, or a draft published later): they are new too, unless dated before
+    `floor`, the first digest's start (the back catalogue).
     """
+
+    def is_new(post: RenderedPost) -> bool:
+        if post.published > cutoff:
+            return False
+        if start < post.published:
+            return True
+        return post.entry_id in late and floor is not None and floor < post.published
+
     chosen = [
         DigestPost.from_rendered(post, slugs[post.entry_id])
         for post in published
-        if start < post.published <= cutoff
+        if is_new(post)
         and post.entry_id not in already_sent
         and slugs[post.entry_id] not in already_sent
     ]
@@ -78,10 +91,17 @@ def new_posts(
 
 
 def digest_context(settings: Settings, posts: Sequence[DigestPost]) -> dict[str, Any]:
-    """Return the template context shared by every recipient of a digest."""
+    """Return the template context shared by every recipient of a digest.
+
+    At most digest.max_posts posts are listed (the newest); `more` counts the others,
+    which the templates point to on the blog.
+    """
     zone = settings.site.zone
+    listed = posts[-settings.digest.max_posts :]
     return {
         "site": _site(settings),
+        "count": len(posts),
+        "more": len(posts) - len(listed),
         "posts": [
             {
                 "title": post.title,
@@ -90,7 +110,7 @@ def digest_context(settings: Settings, posts: Sequence[DigestPost]) -> dict[str,
                 "published": post.published.astimezone(zone),
                 "date": long_date(post.published.astimezone(zone)),
             }
-            for post in posts
+            for post in listed
         ],
         "unsubscribe_url": LINK_PLACEHOLDER,
     }

@@ -96,40 +96,45 @@ class PreparedMessage:
 def prepare(envelope: Envelope, subject: str, text: str, html: str) -> PreparedMessage:
     """Given a mailing's envelope, subject and rendered bodies, return a PreparedMessage.
 
-    Header values go through the email package (RFC 2047 encoding, folding) and are
-    checked for line breaks first: a post title can never add a header.
+    Header values are checked for line breaks first, then encoded (RFC 2047) and folded so
+    that a reader decodes exactly what was given: a post title can never add a header.
     """
     boundary = "postroom-" + secrets.token_hex(12)
-    head = EmailMessage(policy=SMTP)
-    # An Address, not a formatted string: re-parsing one drops quotes from an encoded name.
-    head["From"] = Address(one_line(envelope.from_name), addr_spec=one_line(envelope.from_address))
+    head = [header_line("From", envelope.from_name, f"<{one_line(envelope.from_address)}>")]
     if envelope.reply_to:
-        head["Reply-To"] = one_line(envelope.reply_to)
-    head["List-Id"] = one_line(envelope.list_id)
+        head.append(header_line("Reply-To", one_line(envelope.reply_to)))
+    head.append(header_line("Subject", subject))
+    name, _, list_id = envelope.list_id.rpartition(" <")
+    head.append(header_line("List-Id", name, f"<{list_id}") if name else
+                header_line("List-Id", envelope.list_id))
     # Written by hand: the email package would serialise an empty multipart's boundaries.
     structure = (
         "MIME-Version: 1.0\r\n"
         f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'
     )
-    head_bytes = (
-        head.as_bytes(policy=SMTP).removesuffix(b"\r\n")
-        + subject_line(subject)
-        + structure.encode("ascii")
-    )
+    head_bytes = b"".join(head) + structure.encode("ascii")
     return PreparedMessage(subject, head_bytes, boundary, text, html, envelope.one_click)
 
 
-def subject_line(subject: str) -> bytes:
-    """Return the folded Subject header line that a mail client decodes to exactly `subject`.
+def header_line(name: str, phrase: str, suffix: str = "") -> bytes:
+    """Return the folded header line `name: phrase suffix`, which a mail client decodes to
+    exactly that; `suffix` is an <address> or <list-id>, written as it is.
 
-    Given a str, the email package decodes the RFC 2047 encoded words in it, so a title that
-    only looks like one ('=?utf-8?q?=0D=0ABcc:...?=') would be written out as a line break
-    and a forged header. Such a subject is encoded here instead, whole, as encoded words.
+    A plain ASCII phrase goes through the email package (quoted where it must be). Any
+    other is RFC 2047-encoded here, whole: given a str, the package decodes the encoded
+    words in it (a title '=?utf-8?q?=0D=0ABcc:...?=' would come out as a line break and a
+    forged header), and when it folds non-ASCII text it can leave a space between two
+    encoded words, where readers drop it.
     """
-    one_line(subject)
-    if "=?" not in subject:
+    one_line(phrase)
+    one_line(suffix)
+    if phrase.isascii() and "=?" not in phrase:
         head = EmailMessage(policy=SMTP)
-        head["Subject"] = subject
+        if suffix.startswith("<") and name in ("From", "Reply-To"):
+            head[name] = Address(phrase, addr_spec=suffix[1:-1])
+        else:
+            head[name] = f"{phrase} {suffix}".strip()
         return head.as_bytes(policy=SMTP).removesuffix(b"\r\n")
-    folded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
-    return f"Subject: {folded}\r\n".encode("ascii")
+    # Header's q and b encodings leave no phrase special (" , < ( …) unencoded.
+    encoded = Header(phrase, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded} {suffix}".rstrip().encode("ascii") + b"\r\n"

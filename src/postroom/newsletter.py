@@ -15,7 +15,7 @@ from postroom.build import SiteBuilder
 from postroom.config import Settings
 from postroom.digest import DigestPost, compose_digest, new_posts, window_start
 from postroom.sender import DigestMessages, Sender, SendStats
-from postroom.store import migrate, open_engine, secret_key, sender_lock
+from postroom.store import migrate, open_engine, reading, secret_key, sender_lock
 from postroom.templates import template_environment
 from postroom.tokens import Tokens
 from postroom.transport import MaildirTransport, SmtpTransport, Transport
@@ -58,14 +58,17 @@ def plan_digest(
     host = settings.site.host
     outbox.record_seen(engine, [(p.entry_id(host), p.slug, p.published) for p in published], now)
     seen_at = outbox.first_seen(engine, now)
-    with engine.connect() as connection:
-        start = window_start(outbox.last_cutoff(connection), seen_at, settings.digest.since,
-                             settings.site.zone)
+    since, zone = settings.digest.since, settings.site.zone
+    floor = window_start(None, seen_at, since, zone)
+    with reading(engine) as connection:
+        start = window_start(outbox.last_cutoff(connection), seen_at, since, zone)
         sent = outbox.already_sent(connection)
-    fresh = [p for p in published if start < p.published <= now]
+        late = outbox.first_seen_after(connection, start)
+    fresh = [p for p in published
+             if start < p.published or (p.entry_id(host) in late and floor < p.published)]
     rendered = [builder.rendered(p) for p in fresh]
     slugs = {p.entry_id(host): p.slug for p in fresh}
-    posts = new_posts(rendered, slugs, start, now, sent)[-settings.digest.max_posts :]
+    posts = new_posts(rendered, slugs, start, now, sent, late, floor)
     return DigestPlan(posts, start, now, problems=[str(p) for p in scan.problems])
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, func, insert, literal, select, update
 
 from postroom.digest import DigestPost
 from postroom.schema import deliveries, digest_posts, digests, seen_posts, subscribers
-from postroom.store import get_meta, set_meta
+from postroom.store import get_meta, reading, set_meta
 
 FIRST_SEEN_KEY = "collection_first_seen"
 
@@ -65,6 +65,12 @@ def record_seen(engine: Engine, posts: Sequence[tuple[str, str, datetime]], now:
 
 def last_cutoff(connection: Connection) -> datetime | None:
     return connection.execute(select(func.max(digests.c.cutoff))).scalar()
+
+
+def first_seen_after(connection: Connection, moment: datetime) -> set[str]:
+    """Return the entry IDs of posts postroom first saw published after `moment`."""
+    query = select(seen_posts.c.entry_id).where(seen_posts.c.first_seen_at > moment)
+    return set(connection.execute(query).scalars())
 
 
 def already_sent(connection: Connection) -> set[str]:
@@ -155,13 +161,13 @@ def due(engine: Engine, now: datetime, after_id: int, limit: int) -> Sequence[An
         .order_by(deliveries.c.id)
         .limit(limit)
     )
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         return connection.execute(query).all()
 
 
 def next_due(engine: Engine) -> datetime | None:
     """Return when the earliest pending delivery is due (None: nothing pending)."""
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         return connection.execute(
             select(func.min(deliveries.c.next_attempt_at)).where(deliveries.c.status == "pending")
         ).scalar()
@@ -215,7 +221,7 @@ def retry_failed(engine: Engine, now: datetime, digest_id: int | None = None) ->
 
 def status(engine: Engine) -> list[dict[str, Any]]:
     """Return, per digest (newest first), its subject and delivery counts by status."""
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         rows = connection.execute(
             select(digests.c.id, digests.c.created_at, digests.c.subject,
                    deliveries.c.status, func.count(deliveries.c.id))

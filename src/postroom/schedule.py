@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
@@ -12,6 +12,9 @@ from postroom.errors import ConfigError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SHORT_FORM = re.compile(r"^(?P<days>daily|[a-z,\-]+)\s+(?P<hour>\d{1,2}):(?P<minute>\d{2})$")
+# cron numbers the days from Sunday = 0 (and 7); APScheduler 3 from Monday = 0.
+CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+NUMERIC_DAYS = re.compile(r"^(?P<first>\d|\*)(?:-(?P<last>\d))?(?:/(?P<step>\d+))?$")
 
 
 def parse_schedule(text: str, zone: ZoneInfo) -> CronTrigger:
@@ -27,12 +30,36 @@ def parse_schedule(text: str, zone: ZoneInfo) -> CronTrigger:
                 day_of_week="*" if days == "daily" else days,
                 hour=int(match["hour"]), minute=int(match["minute"]), timezone=zone,
             )
-        return CronTrigger.from_crontab(spec, timezone=zone)
+        fields = spec.split()
+        if len(fields) == 5:
+            fields[4] = cron_day_names(fields[4])
+        return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
     except ValueError as err:
         raise ConfigError(
             f"digest.schedule {text!r}: {err} (examples: 'mon 09:00', 'daily 07:30', "
             "'0 9 * * mon')"
         ) from None
+
+
+def cron_day_names(field: str) -> str:
+    """Given a cron line's day-of-week field, return it with its day numbers as names.
+
+    Passed on as numbers, "1-5" would mean Tuesday to Saturday to APScheduler; names mean
+    the same to both. Items that are not plain numbers, ranges or steps are left as written.
+    """
+    names: list[str] = []
+    for item in field.split(","):
+        match = NUMERIC_DAYS.match(item)
+        if match is None or (match["first"] == "*" and (match["last"] or not match["step"])):
+            names.append(item)
+            continue
+        first = 0 if match["first"] == "*" else int(match["first"])
+        last = int(match["last"]) if match["last"] else 6 if match["step"] else first
+        if not first <= last <= 7:
+            names.append(item)  # out of range: the trigger reports it
+            continue
+        names += [CRON_DAYS[day] for day in range(first, last + 1, int(match["step"] or 1))]
+    return ",".join(dict.fromkeys(names))
 
 
 def missed_slot(trigger: CronTrigger, last_run: datetime | None, now: datetime) -> bool:
@@ -42,5 +69,6 @@ def missed_slot(trigger: CronTrigger, last_run: datetime | None, now: datetime) 
     """
     if last_run is None:
         return False
-    upcoming = trigger.get_next_fire_time(None, last_run)
+    # Strictly after the last run: a run at a slot's very second has taken care of it.
+    upcoming = trigger.get_next_fire_time(None, last_run + timedelta(microseconds=1))
     return upcoming is not None and last_run < upcoming <= now

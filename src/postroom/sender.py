@@ -20,6 +20,7 @@ from postroom.config import Settings
 from postroom.digest import compose_digest
 from postroom.message import PreparedMessage
 from postroom.schema import digests
+from postroom.store import reading
 from postroom.tokens import Tokens
 from postroom.transport import Connection, PermanentError, TransientError, Transport
 
@@ -72,7 +73,7 @@ class DigestMessages:
 
     def _digest(self, digest_id: int) -> tuple[PreparedMessage, str]:
         if digest_id not in self._prepared:
-            with self.engine.connect() as connection:
+            with reading(self.engine) as connection:
                 created = connection.execute(
                     select(digests.c.created_at).where(digests.c.id == digest_id)
                 ).scalar_one()

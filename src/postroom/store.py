@@ -20,6 +20,7 @@ from postroom.schema import meta
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SECRET_ENV = "POSTROOM_SECRET_KEY"
+READ_ONLY = "postroom_read_only"
 
 
 def open_engine(url: str, busy_timeout_ms: int = 10_000) -> Engine:
@@ -51,9 +52,18 @@ def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of
-        # failing with "database is locked" half-way through a transaction.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock at BEGIN, so two writers queue on busy_timeout
+        # instead of failing with "database is locked" half-way through a transaction.
+        # Readers (see `reading`) take none: in WAL mode they never wait for a writer.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """Yield a connection for reads only: on SQLite it never waits for a writer."""
+    with engine.connect() as connection:
+        yield connection.execution_options(**{READ_ONLY: True})
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
@@ -125,7 +135,9 @@ def process_lock(engine: Engine, name: str, busy: str) -> Iterator[None]:
             yield
         return
     key = LOCK_KEYS[name]
-    with engine.connect() as connection:
+    # Autocommit: the lock is held by the session, not by a transaction left open for the
+    # whole send (which would block vacuum and meet idle-in-transaction timeouts).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         if not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar():
             raise StoreError(busy)
         try:

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, Row, func, select
 
 from postroom.errors import Problem, SubscriberError
 from postroom.schema import subscribers
+from postroom.store import reading
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
 EXPORT_COLUMNS = (
@@ -123,7 +124,7 @@ def iter_subscribers(engine: Engine, status: str | None = None) -> Iterator[Row[
         query = select(subscribers).where(subscribers.c.id > last_id)
         if status is not None:
             query = query.where(subscribers.c.status == status)
-        with engine.connect() as connection:
+        with reading(engine) as connection:
             rows = connection.execute(query.order_by(subscribers.c.id).limit(BATCH)).all()
         if not rows:
             return

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from postroom.store import reading
 from postroom.web import pages
 from postroom.web.feedfiles import feed_response, not_found
 from postroom.web.state import WebState
@@ -44,7 +45,7 @@ async def healthz(request: Request) -> Response:
 
 def _database_ok(state: WebState) -> bool:
     try:
-        with state.engine.connect() as connection:
+        with reading(state.engine) as connection:
             connection.execute(text("SELECT 1"))
     except Exception:  # any failure to reach the database is what this reports
         return False

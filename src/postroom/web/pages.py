@@ -63,12 +63,15 @@ async def subscribe(request: Request) -> Response:
     if not state.csrf.valid(request.cookies.get(COOKIE), str(form.get("csrf", "")) or None):
         # Also the path of the embedded snippet, which cannot carry a token: one more click.
         return form_page(request, raw, "Please press Subscribe once more to confirm.", 400)
-    outcome = await _request(state, request, raw, honeypot=str(form.get("website", "")))
+    honeypot = str(form.get("website", ""))
+    outcome = await _request(state, request, raw, honeypot=honeypot)
     if isinstance(outcome, Response):
         return outcome
     if outcome:
         return form_page(request, raw, outcome, 400)
-    return _done(state, message_page(state, "Almost there", DONE), raw)
+    page = message_page(state, "Almost there", DONE)
+    # A filled honeypot gets the same page, but nothing is recorded and nothing is sent.
+    return page if honeypot else _done(state, page, raw)
 
 
 async def subscribe_json(request: Request) -> Response:
@@ -121,7 +124,7 @@ def _done(state: WebState, response: Response, raw: str) -> Response:
     try:
         email = normalize_address(raw)
     except SubscriberError:
-        return response  # the honeypot path: nothing to do
+        return response  # not an address: nothing to record
     response.background = BackgroundTask(_record_and_confirm, state, email)
     return response
 

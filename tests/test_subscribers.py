@@ -1,0 +1,499 @@
+"""Subscribers: addresses, statuses and timestamps, CSV import and export, on a real SQLite file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select
+
+from postroom import subscribers
+from postroom.errors import SubscriberError
+from postroom.schema import subscribers as subscribers_table
+from postroom.store import migrate, open_engine
+
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def make_engine(path: Path) -> Engine:
+    """Return an engine on a fresh, migrated SQLite file."""
+    engine = open_engine(f"sqlite:///{path}")
+    migrate(engine)
+    return engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(tmp_path / "postroom.db")
+    yield engine
+    engine.dispose()
+
+
+def row_of(engine: Engine, email: str) -> Any:
+    with engine.connect() as connection:
+        return subscribers.find(connection, email)
+
+
+def all_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        query = select(subscribers_table).order_by(subscribers_table.c.id)
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def add(engine: Engine, email: str, now: datetime = T0, **kwargs: Any) -> Any:
+    with engine.begin() as connection:
+        row, _created = subscribers.add(connection, email, now, **kwargs)
+    return row
+
+
+def set_status(engine: Engine, email: str, status: str, now: datetime) -> Any:
+    with engine.begin() as connection:
+        row = subscribers.find(connection, email)
+        subscribers.set_status(connection, row.id, status, now)
+    return row_of(engine, email)
+
+
+# ---- addresses -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "normalized"),
+    [
+        ("alice@example.org", "alice@example.org"),
+        ("  alice@Example.ORG\t", "alice@example.org"),
+        ("\nalice@EXAMPLE.org\r\n", "alice@example.org"),
+        # The local part is the receiving server's business: its case is kept (RFC 5321 §2.4).
+        ("Alice.Smith+news@Example.org", "Alice.Smith+news@example.org"),
+        ("bob@Mail.Example.CO.UK", "bob@mail.example.co.uk"),
+        # No DNS: a domain nobody registered is still a well-formed address.
+        ("carol@No-Such-Domain-Postroom.org", "carol@no-such-domain-postroom.org"),
+    ],
+)
+def test_normalize_strips_whitespace_and_lowercases_the_domain(typed: str, normalized: str) -> None:
+    assert subscribers.normalize_address(typed) == normalized
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "",
+        "   ",
+        "alice",
+        "alice@",
+        "@example.org",
+        "alice@@example.org",
+        "alice@localhost",
+        "alice smith@example.org",
+        "alice@exa mple.org",
+        "alice@example..org",
+        "alice@example.org\r\nBcc: victim@example.org",
+        "alice@example.org\nBcc: victim@example.org",
+        "alice@example.org\x00",
+        "Alice <alice@example.org>",
+    ],
+)
+def test_normalize_rejects_invalid_addresses_with_a_message_naming_them(typed: str) -> None:
+    with pytest.raises(SubscriberError) as raised:
+        subscribers.normalize_address(typed)
+    message = str(raised.value)
+    assert "not" in message and ("valid email address" in message or "an email address" in message)
+    # The message quotes what was typed (stripped), so the user can find it.
+    assert typed.strip()[:5] in message
+
+
+def _spaced(email: str, before: str, after: str, upper: bool) -> str:
+    local, _, domain = email.rpartition("@")
+    return f"{before}{local}@{domain.upper() if upper else domain}{after}"
+
+
+WHITESPACE = st.sampled_from(["", " ", "\t", "\n", "\r\n", "\x0b", "\u00a0", "\u2028", "  \r"])
+ADDRESS_LIKE = st.one_of(
+    st.text(),
+    st.emails(),
+    st.builds(_spaced, st.emails(), WHITESPACE, WHITESPACE, st.booleans()),
+    st.builds(lambda a, b, c: f"{a}@{b}.{c}", st.text(max_size=12), st.text(max_size=12),
+              st.text(max_size=4)),
+    st.builds(lambda a, b: f"{a}@example.org{b}", st.text(max_size=8), st.text(max_size=8)),
+)
+LINE_BREAKS = {"\r", "\n", "\x85", "\u2028", "\u2029"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(ADDRESS_LIKE)
+def test_normalize_either_rejects_or_returns_a_clean_fixed_point(typed: str) -> None:
+    try:
+        normalized = subscribers.normalize_address(typed)
+    except SubscriberError:
+        return
+    assert normalized
+    assert not LINE_BREAKS & set(normalized), normalized
+    assert all(unicodedata.category(c) != "Cc" for c in normalized), normalized
+    assert normalized == normalized.strip()
+    assert subscribers.normalize_address(normalized) == normalized
+
+
+# ---- statuses and their timestamps -------------------------------------------------------------
+
+
+def test_add_stamps_creation_and_confirmation(engine: Engine) -> None:
+    row = add(engine, "alice@example.org", T0, name="Alice", source="cli")
+    assert (row.status, row.name, row.source) == ("active", "Alice", "cli")
+    assert row.created_at == row.status_changed_at == row.confirmed_at == T0
+    assert row.unsubscribed_at is None and row.bounced_at is None
+    assert row.bounce_count == 0
+    # Datetimes come back aware and in UTC, whatever SQLite stores.
+    assert row.created_at.tzinfo is not None
+
+
+def test_add_pending_is_not_confirmed(engine: Engine) -> None:
+    row = add(engine, "pending@example.org", T0, status="pending", source="web")
+    assert row.status == "pending"
+    assert row.created_at == row.status_changed_at == T0
+    assert row.confirmed_at is None
+
+
+def test_adding_an_existing_address_changes_nothing(engine: Engine) -> None:
+    add(engine, "alice@example.org", T0)
+    set_status(engine, "alice@example.org", "unsubscribed", T0 + timedelta(days=1))
+    before = all_rows(engine)
+    with engine.begin() as connection:
+        row, created = subscribers.add(
+            connection, "alice@example.org", T0 + timedelta(days=2), status="active"
+        )
+    assert not created
+    assert row.status == "unsubscribed"
+    assert all_rows(engine) == before
+
+
+def test_status_changes_stamp_their_timestamps(engine: Engine) -> None:
+    add(engine, "alice@example.org", T0, status="pending")
+    t1, t2, t3 = (T0 + timedelta(hours=h) for h in (1, 2, 3))
+
+    confirmed = set_status(engine, "alice@example.org", "active", t1)
+    assert (confirmed.status, confirmed.confirmed_at, confirmed.status_changed_at) == (
+        "active", t1, t1)
+
+    left = set_status(engine, "alice@example.org", "unsubscribed", t2)
+    assert (left.status, left.unsubscribed_at, left.status_changed_at) == ("unsubscribed", t2, t2)
+    assert left.confirmed_at == t1 and left.created_at == T0
+
+    bounced = set_status(engine, "alice@example.org", "bounced", t3)
+    assert (bounced.status, bounced.bounced_at, bounced.status_changed_at) == ("bounced", t3, t3)
+    assert bounced.unsubscribed_at == t2
+
+
+def test_an_unknown_status_is_refused(engine: Engine) -> None:
+    row = add(engine, "alice@example.org", T0)
+    with engine.begin() as connection, pytest.raises(SubscriberError, match="unknown status"):
+        subscribers.set_status(connection, row.id, "deleted", T0)
+    assert row_of(engine, "alice@example.org").status == "active"
+
+
+def test_record_bounce_marks_bounced_at_the_limit(engine: Engine) -> None:
+    row = add(engine, "alice@example.org", T0)
+    results = []
+    for hour in (1, 2, 3):
+        with engine.begin() as connection:
+            results.append(
+                subscribers.record_bounce(connection, row.id, T0 + timedelta(hours=hour), limit=3)
+            )
+        current = row_of(engine, "alice@example.org")
+        assert current.bounce_count == hour
+        assert current.status == ("bounced" if hour == 3 else "active")
+    assert results == [False, False, True]
+    bounced = row_of(engine, "alice@example.org")
+    assert bounced.bounced_at == bounced.status_changed_at == T0 + timedelta(hours=3)
+
+
+def test_reconfirming_resets_the_bounce_count(engine: Engine) -> None:
+    row = add(engine, "alice@example.org", T0)
+    with engine.begin() as connection:
+        subscribers.record_bounce(connection, row.id, T0, limit=5)
+        subscribers.record_bounce(connection, row.id, T0, limit=5)
+    assert set_status(engine, "alice@example.org", "active", T0).bounce_count == 0
+
+
+def test_counts_and_iteration_in_batches(engine: Engine) -> None:
+    statuses = ["active", "pending", "unsubscribed", "bounced"]
+    total = subscribers.BATCH * 2 + 7  # crosses two batch boundaries
+    with engine.begin() as connection:
+        for number in range(total):
+            status = statuses[number % 4]
+            subscribers.add(connection, f"user{number:05d}@example.org", T0, status=status)
+        assert subscribers.counts(connection) == {
+            "active": 502, "pending": 502, "unsubscribed": 502, "bounced": 501,
+        }
+    everyone = [row.email for row in subscribers.iter_subscribers(engine)]
+    assert everyone == [f"user{n:05d}@example.org" for n in range(total)]
+    active = list(subscribers.iter_subscribers(engine, "active"))
+    assert [row.email for row in active] == [f"user{n:05d}@example.org" for n in range(0, total, 4)]
+    assert {row.status for row in active} == {"active"}
+
+
+# ---- CSV import: the acceptance test -----------------------------------------------------------
+
+# (name, email) rows of the file, None for a blank line; a 1-tuple is a row with too few columns.
+ROWS: list[tuple[str, ...] | None] = [
+    ("Alice", "alice@example.org"),           # 2
+    ("Bob", "Bob@Example.ORG"),               # 3  normalized: Bob@example.org
+    ("Nobody", "not-an-email"),               # 4  bad: no @
+    ("Empty Cell", ""),                       # 5  bad: the email cell is empty
+    ("Only A Name",),                         # 6  bad: too few columns
+    None,                                     # 7  blank
+    ("Smith, Carol", "carol@example.org"),    # 8  a quoted cell holding a comma
+    ("Bobby", "Bob@EXAMPLE.org"),             # 9  bad: repeats line 3 (domain case differs)
+    None,                                     # 10 blank
+    ("Zoë Ångström", "zoe@example.org"),      # 11 non-ASCII name
+    ("Eve", "eve@@example.org"),              # 12 bad: two @
+    ("  François  ", " frank@Example.org "),  # 13 whitespace around both cells
+    ("Gone", "gone@example.org"),             # 14 unsubscribed in the database
+    ("Bounced", "bounced@example.org"),       # 15 bounced in the database
+    ("D'Arcy O'Brien", "d'arcy@example.org"), # 16 apostrophes are not quotes
+]
+BAD_LINES = {
+    4: "'not-an-email' is not a valid email address",
+    5: "email is empty",
+    6: "1 field",
+    9: "Bob@example.org repeats line 3",
+    12: "'eve@@example.org' is not a valid email address",
+}
+IMPORTED = {
+    "alice@example.org": "Alice",
+    "Bob@example.org": "Bob",
+    "carol@example.org": "Smith, Carol",
+    "zoe@example.org": "Zoë Ångström",
+    "frank@example.org": "François",
+    "d'arcy@example.org": "D'Arcy O'Brien",
+}
+
+
+def csv_text(delimiter: str = ",", newline: str = "\n", rows: list[Any] = ROWS) -> str:
+    """Return the fixture's CSV text: a header, then ROWS (blank lines where ROWS has None)."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator=newline)
+    writer.writerow(["name", "email"])
+    for row in rows:
+        if row is None:
+            out.write(newline)
+        else:
+            writer.writerow(row)
+    return out.getvalue()
+
+
+def mixed_encodings() -> bytes:
+    """UTF-8 with a BOM, but one line pasted in from a cp1252 export."""
+    lines = csv_text().encode("utf-8").split(b"\n")
+    lines[10] = "Zoë Ångström,zoe@example.org".encode("cp1252")  # line 11
+    return b"\xef\xbb\xbf" + b"\n".join(lines)
+
+
+ENCODINGS = {
+    "utf-8": lambda: csv_text().encode("utf-8"),
+    "utf-8 with BOM": lambda: csv_text().encode("utf-8-sig"),
+    "utf-8 with BOM and CRLF": lambda: csv_text(newline="\r\n").encode("utf-8-sig"),
+    "cp1252 and CRLF": lambda: csv_text(newline="\r\n").encode("cp1252"),
+    "latin-1": lambda: csv_text().encode("latin-1"),
+    "utf-16 with BOM and CRLF": lambda: csv_text(newline="\r\n").encode("utf-16"),
+    "utf-16 with BOM, tab-separated": lambda: csv_text("\t", "\r\n").encode("utf-16"),
+    "semicolons": lambda: csv_text(";").encode("utf-8"),
+    "semicolons, cp1252, CRLF": lambda: csv_text(";", "\r\n").encode("cp1252"),
+    "utf-8 with BOM and a cp1252 line": mixed_encodings,
+}
+
+
+def with_left_and_bounced(engine: Engine) -> None:
+    """Put in the database an unsubscribed and a bounced address that the file also lists."""
+    add(engine, "gone@example.org", T0 - timedelta(days=30))
+    set_status(engine, "gone@example.org", "unsubscribed", T0 - timedelta(days=10))
+    add(engine, "bounced@example.org", T0 - timedelta(days=30))
+    set_status(engine, "bounced@example.org", "bounced", T0 - timedelta(days=5))
+
+
+def check_problems(report: subscribers.ImportReport, label: str) -> None:
+    shown = [str(problem) for problem in report.problems]
+    assert [problem.line for problem in report.problems] == sorted(BAD_LINES), shown
+    for problem in report.problems:
+        assert str(problem).startswith(f"{label}:{problem.line}: "), problem
+        assert BAD_LINES[problem.line] in problem.message, problem
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_import_reports_every_bad_row_and_imports_the_good_ones(
+    engine: Engine, tmp_path: Path, encoding: str
+) -> None:
+    with_left_and_bounced(engine)
+    path = tmp_path / "subscribers.csv"
+    path.write_bytes(ENCODINGS[encoding]())
+    text = subscribers.decode_csv(path.read_bytes())
+
+    report = subscribers.import_csv(engine, str(path), text, T0)
+
+    check_problems(report, str(path))
+    assert (report.added, report.unchanged, report.kept_status) == (len(IMPORTED), 0, 2)
+    for email, name in IMPORTED.items():
+        row = row_of(engine, email)
+        assert row is not None, email
+        assert (row.name, row.status, row.source) == (name, "active", "import")
+        assert row.created_at == row.confirmed_at == T0
+    assert row_of(engine, "gone@example.org").status == "unsubscribed"
+    assert row_of(engine, "bounced@example.org").status == "bounced"
+    with engine.connect() as connection:
+        assert subscribers.counts(connection) == {
+            "active": len(IMPORTED), "pending": 0, "unsubscribed": 1, "bounced": 1,
+        }
+
+
+def test_reimporting_the_same_file_changes_nothing(engine: Engine, tmp_path: Path) -> None:
+    with_left_and_bounced(engine)
+    path = tmp_path / "subscribers.csv"
+    path.write_bytes(csv_text(";", "\r\n").encode("utf-8-sig"))
+    text = subscribers.decode_csv(path.read_bytes())
+    first = subscribers.import_csv(engine, str(path), text, T0)
+    rows = all_rows(engine)
+
+    again = subscribers.import_csv(engine, str(path), text, T0 + timedelta(days=1))
+
+    assert (again.added, again.unchanged, again.kept_status) == (0, len(IMPORTED), 2)
+    assert again.problems == first.problems
+    # Same rows, same ids, same timestamps: nothing was touched.
+    assert all_rows(engine) == rows
+
+
+def test_import_never_reactivates_unsubscribed_or_bounced(engine: Engine, tmp_path: Path) -> None:
+    with_left_and_bounced(engine)
+    before = {email: tuple(row_of(engine, email)) for email in ("gone@example.org",
+                                                                "bounced@example.org")}
+    text = "email\nGONE@example.org\ngone@EXAMPLE.ORG\nbounced@example.org\n"
+    # The local part's case is kept, so GONE@ is another address; gone@EXAMPLE.ORG is gone@.
+    report = subscribers.import_csv(engine, "list.csv", text, T0, status="active")
+    assert report.kept_status == 2 and report.added == 1
+    for email, row in before.items():
+        assert tuple(row_of(engine, email)) == row
+
+
+def test_import_as_pending(engine: Engine) -> None:
+    report = subscribers.import_csv(engine, "list.csv", "email\nnew@example.org\n", T0,
+                                    status="pending")
+    assert report.added == 1
+    row = row_of(engine, "new@example.org")
+    assert (row.status, row.confirmed_at) == ("pending", None)
+
+
+def test_import_without_an_email_column_says_so(engine: Engine) -> None:
+    report = subscribers.import_csv(engine, "list.csv", "name,mail\nA,a@example.org\n", T0)
+    assert [str(p) for p in report.problems] == ["list.csv:1: header has no 'email' column"]
+    assert report.added == 0 and all_rows(engine) == []
+
+
+def test_import_finds_the_email_column_wherever_it_is(engine: Engine) -> None:
+    text = 'Name;Notes;" Email "\n"Alice";"likes; semicolons";alice@example.org\n'
+    report = subscribers.import_csv(engine, "list.csv", text, T0)
+    assert report.problems == [] and report.added == 1
+    assert row_of(engine, "alice@example.org").name == "Alice"
+
+
+def test_decode_csv_reads_what_spreadsheets_write() -> None:
+    text = "email,name\r\na@example.org,Zoë\r\n"
+    for raw in (text.encode("utf-8"), text.encode("utf-8-sig"), text.encode("cp1252"),
+                text.encode("utf-16"), b"\xfe\xff" + text.encode("utf-16-be")):
+        assert subscribers.decode_csv(raw) == text, raw
+
+
+# ---- CSV export --------------------------------------------------------------------------------
+
+HOSTILE_NAME = '=HYPERLINK("https://evil.example/","click me")'
+
+
+def populate_for_export(engine: Engine) -> None:
+    """A list with every status and cells a spreadsheet would run as formulas."""
+    add(engine, "alice@example.org", T0, name="Alice", source="cli")
+    add(engine, "pending@example.org", T0 + timedelta(hours=1), status="pending", source="web")
+    add(engine, "gone@example.org", T0 + timedelta(hours=2), name="Gone", source="import")
+    set_status(engine, "gone@example.org", "unsubscribed", T0 + timedelta(days=1))
+    add(engine, "bounced@example.org", T0 + timedelta(hours=3))
+    set_status(engine, "bounced@example.org", "bounced", T0 + timedelta(days=2))
+    add(engine, "formula@example.org", T0 + timedelta(hours=4), name=HOSTILE_NAME)
+    # Valid addresses can start with = + - too: they must survive a round trip intact.
+    add(engine, "=cmd|'/Ccalc'!A0@example.org", T0 + timedelta(hours=5), name="@SUM(A1)")
+    add(engine, "-dash@example.org", T0 + timedelta(hours=6), name="+plus")
+    add(engine, "'quoted@example.org", T0 + timedelta(hours=7), name="'=already quoted")
+
+
+def exported(engine: Engine, status: str | None = None) -> str:
+    out = io.StringIO()
+    subscribers.export_csv(engine, out, status)
+    return out.getvalue()
+
+
+def test_export_writes_a_header_and_every_subscriber(engine: Engine) -> None:
+    populate_for_export(engine)
+    rows = list(csv.DictReader(io.StringIO(exported(engine))))
+    assert list(rows[0]) == list(subscribers.EXPORT_COLUMNS)
+    assert len(rows) == 8
+    gone = next(r for r in rows if r["email"] == "gone@example.org")
+    assert gone["status"] == "unsubscribed"
+    assert datetime.fromisoformat(gone["unsubscribed_at"]) == T0 + timedelta(days=1)
+    unsubscribed_only = list(csv.DictReader(io.StringIO(exported(engine, "unsubscribed"))))
+    assert [r["email"] for r in unsubscribed_only] == ["gone@example.org"]
+
+
+def test_export_neutralises_formulas(engine: Engine) -> None:
+    populate_for_export(engine)
+    cells = [cell for row in csv.reader(io.StringIO(exported(engine))) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]
+    assert "'" + HOSTILE_NAME in cells
+    assert "'=cmd|'/Ccalc'!A0@example.org" in cells
+
+
+def test_an_export_imports_back_identically_into_a_fresh_database(
+    engine: Engine, tmp_path: Path
+) -> None:
+    populate_for_export(engine)
+    export = exported(engine)
+    fresh = make_engine(tmp_path / "fresh.db")
+
+    report = subscribers.import_csv(fresh, "export.csv", export, T0 + timedelta(days=30))
+
+    assert report.problems == [] and report.added == 8
+    assert exported(fresh) == export
+    # Not only the same file: the same facts, unsubscribed and bounced ones included.
+    columns = ("email", "name", "status", "source", "created_at", "confirmed_at",
+               "unsubscribed_at")
+    original = [tuple(getattr(r, c) for c in columns) for r in subscribers.iter_subscribers(engine)]
+    copied = [tuple(getattr(r, c) for c in columns) for r in subscribers.iter_subscribers(fresh)]
+    assert copied == original
+    with fresh.connect() as connection:
+        assert subscribers.counts(connection)["active"] == 5
+    fresh.dispose()
+
+
+def test_import_reports_a_bad_status_date_or_overlong_cell_by_line(engine: Engine) -> None:
+    text = (
+        "email,status,created_at,name\n"
+        "a@example.org,active,2025-01-02T03:04:05+00:00,A\n"
+        "b@example.org,deleted,,B\n"
+        "c@example.org,,yesterday,C\n"
+        "d@example.org,unsubscribed,2025-01-02,D\n"
+        f"e@example.org,,,{'E' * 201}\n"
+    )
+    report = subscribers.import_csv(engine, "list.csv", text, T0)
+    assert [str(p) for p in report.problems] == [
+        "list.csv:3: status 'deleted' is not one of pending, active, unsubscribed, bounced",
+        "list.csv:4: created_at 'yesterday' is not an ISO 8601 date-time",
+        "list.csv:6: name is longer than 200 characters",
+    ]
+    assert row_of(engine, "a@example.org").created_at == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    # A file's status is a fact about the address: it is created unsubscribed, and stamped.
+    left = row_of(engine, "d@example.org")
+    assert (left.status, left.unsubscribed_at, left.confirmed_at) == ("unsubscribed", T0, None)
+    assert left.created_at == datetime(2025, 1, 2, tzinfo=UTC)
+    assert [r.email for r in subscribers.iter_subscribers(engine)] == ["a@example.org",
+                                                                      "d@example.org"]
