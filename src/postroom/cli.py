@@ -67,6 +67,11 @@ def common_options(command: F) -> F:
         except PostroomError as err:
             click.echo(f"postroom: {err}", err=True)
             sys.exit(EXIT_ERROR)
+        except OSError as err:
+            # A folder that cannot be written, a disk that is full: the user's to fix.
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"postroom: {where}{err.strerror or err}", err=True)
+            sys.exit(EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]
 

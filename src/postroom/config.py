@@ -6,6 +6,7 @@ can be found), so a bad config is fixed before the daemon runs, not discovered a
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -16,7 +17,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from postroom.errors import ConfigError
 
@@ -44,6 +53,15 @@ def check_absolute_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{value!r} is not an absolute http(s) URL")
     return value.rstrip("/")
+
+
+def check_address(value: str) -> str:
+    """Given an email address from the config, return it as ASCII, or raise if invalid."""
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as err:
+        raise ValueError(f"{value!r} is not a valid email address: {err}") from None
+    return str(checked.ascii_email)
 
 
 class Author(Section):
@@ -147,7 +165,8 @@ class DigestSettings(Section):
 class MailSettings(Section):
     transport: Literal["maildir", "smtp"] = "maildir"
     maildir: LaxPath = Path("var/maildir")
-    from_address: str = "newsletter@localhost"
+    # The default only suits the local Maildir: with transport "smtp" it must be set.
+    from_address: str = "newsletter@example.org"
     from_name: str | None = None  # default: the site's title
     reply_to: str | None = None
     # Envelope sender (bounces go there); default: from_address.
@@ -163,6 +182,11 @@ class MailSettings(Section):
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
         return None if value is None else check_absolute_url(value)
+
+    @field_validator("from_address", "reply_to", "return_path", "unsubscribe_mailto")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value)
 
 
 class SmtpSettings(Section):
@@ -222,6 +246,12 @@ class Settings(Section):
     # Folder the relative paths are resolved against: the config file's folder.
     root: LaxPath = Path(".")
     source: Annotated[Path | None, Field(strict=False)] = None
+
+    @model_validator(mode="after")
+    def _smtp_needs_a_sender(self) -> Settings:
+        if self.mail.transport == "smtp" and "from_address" not in self.mail.model_fields_set:
+            raise ValueError("mail.from_address must be set when mail.transport is \"smtp\"")
+        return self
 
     def path(self, relative: Path) -> Path:
         """Given a path from the config, return it resolved against the config's folder."""
@@ -286,16 +316,16 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     """Given a config file (or None for the embedded defaults), return validated settings."""
     env = os.environ if env is None else env
     if path is None:
-        raw: dict[str, Any] = {k: dict(v) for k, v in DEFAULTS.items()}
+        raw: dict[str, Any] = copy.deepcopy(DEFAULTS)
         root, label = Path.cwd(), "(embedded defaults)"
     else:
         raw, root, label = _read_toml(path), path.resolve().parent, str(path)
-    _apply_overrides(raw, env, label)
+    overrides = _apply_overrides(raw, env, label)
     raw["root"], raw["source"] = root, path
     try:
         return Settings.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_describe(err, path, label)) from None
+        raise ConfigError(_describe(err, path, label, overrides)) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -310,8 +340,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
 
 
-def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str], label: str) -> None:
-    """Apply POSTROOM__SECTION__KEY=value variables onto the raw config."""
+def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str], label: str) -> dict[str, str]:
+    """Apply POSTROOM__SECTION__KEY=value variables onto the raw config.
+
+    Returns the dotted keys set this way and the variable that set each, so an error in
+    one names the variable, not the file.
+    """
+    applied: dict[str, str] = {}
     for name, text in sorted(env.items()):
         if not name.startswith(OVERRIDE_PREFIX):
             continue
@@ -324,6 +359,8 @@ def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str], label: str) ->
             if not isinstance(table, dict):
                 raise ConfigError(f"{name}: {label} has a value, not a table, at {key!r}")
         table[keys[-1]] = _parse_env_value(text)
+        applied[".".join(keys)] = name
+    return applied
 
 
 def _parse_env_value(text: str) -> Any:
@@ -334,16 +371,21 @@ def _parse_env_value(text: str) -> Any:
         return text
 
 
-def _describe(err: ValidationError, path: Path | None, label: str) -> str:
+def _describe(
+    err: ValidationError, path: Path | None, label: str, overrides: Mapping[str, str]
+) -> str:
     lines = []
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"])
+        variable = next((v for k, v in overrides.items() if key == k or key.startswith(k + ".")),
+                        None)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{_locate(path, item['loc'], label)}: {key}: {message}")
+        where = variable or _locate(path, item["loc"], label)
+        lines.append(f"{where}: {key}: {message}" if key else f"{where}: {message}")
     return "\n".join(lines)
 
 

@@ -198,7 +198,7 @@ def _json_item(spec: FeedSpec, entry: RenderedPost) -> dict[str, Any]:
         "id": entry.entry_id,
         "url": entry.url,
         "title": entry.title,
-        "summary": entry.summary,
+        "summary": entry.summary or entry.title,
         "date_published": entry.published.isoformat(),
         "date_modified": entry.updated.isoformat(),
     }

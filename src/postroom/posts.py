@@ -296,7 +296,8 @@ class _FrontMatter:
         value = self.meta.get("id")
         if value is None:
             return None
-        if not isinstance(value, str) or not URI_PATTERN.match(value):
+        # A control character cannot be written in XML: it would stop every feed, not one post.
+        if not isinstance(value, str) or not URI_PATTERN.match(value) or UNPRINTABLE.search(value):
             self.problem("id", f"id {value!r} must be a URI (e.g. 'tag:example.org,2025:post')")
             return None
         return value
@@ -307,10 +308,11 @@ class _FrontMatter:
             return None
         if isinstance(value, str) and clean_text(value):
             return Author(clean_text(value))
-        if isinstance(value, dict) and isinstance(value.get("name"), str):
+        name = value.get("name") if isinstance(value, dict) else None
+        if isinstance(name, str) and clean_text(name):
             email = value.get("email")
-            if email is None or isinstance(email, str):
-                return Author(clean_text(value["name"]), email)
+            if email is None or (isinstance(email, str) and not UNPRINTABLE.search(email)):
+                return Author(clean_text(name), email)
         self.problem("author", "author must be a name, or a mapping with 'name' and 'email'")
         return None
 

@@ -176,8 +176,8 @@ class Sender:
             outbox.claim, self.engine, delivery.id, self.worker_name, message_id, now)
         if not claimed:
             return connection
-        message = self.messages.render(delivery, message_id, now)
         try:
+            message = self.messages.render(delivery, message_id, now)
             await self.limiter.wait()
             connection = connection or await self.transport.connect()
             reply = await connection.send(self.sender_address, delivery.email, message)
@@ -192,6 +192,15 @@ class Sender:
             await asyncio.to_thread(self._transient, delivery, err.reply)
         except PermanentError as err:
             await asyncio.to_thread(self._permanent, delivery, err)
+        except Exception as err:
+            # A bug must not stop the other deliveries nor leave this one `sending`: it is
+            # retried like a transient failure (and fails for good after max_attempts).
+            log.exception("unexpected error sending digest %s to %s",
+                          delivery.digest_id, delivery.email)
+            if connection is not None:
+                await connection.close()
+                connection = None
+            await asyncio.to_thread(self._transient, delivery, f"internal error: {err!r}")
         else:
             await asyncio.to_thread(outbox.mark_sent, self.engine, delivery.id, reply, self.clock())
             self.stats.sent += 1

@@ -59,6 +59,8 @@ Write a new file in `posts/`, run `postroom build`, and the feeds follow.
 
 def create_site(folder: Path, today: date) -> list[Path]:
     """Given an empty or missing folder, create a site in it; return the files created."""
+    if folder.exists() and not folder.is_dir():
+        raise PostroomError(f"{folder}: is a file, not a folder; choose a new or empty folder")
     if folder.exists() and any(folder.iterdir()):
         raise PostroomError(f"{folder}: folder is not empty; choose a new or empty folder")
     (folder / "posts").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,92 @@
+"""The shipped posts/: one file per entry of the blog's index, with its date and summary."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feedreader import read_feed
+from postroom.build import SiteBuilder
+from postroom.config import load_settings
+from sites import NOW, REPO
+
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "blog-index.txt"
+
+
+@pytest.fixture(scope="module")
+def seed() -> tuple[str, list[tuple[date, str]]]:
+    """Return the index's tagline and its (date, summary) entries, in order."""
+    if not SEED.is_file():
+        pytest.skip(f"the blog index {SEED} is not beside the repository (../shared/seed)")
+    lines = SEED.read_text(encoding="utf-8").split("\n")
+    # Line 1 is the tagline, then a date line and a summary line per post; no final newline.
+    tagline, rest = lines[0], lines[1:]
+    assert rest and rest[-1] != "", "expected no trailing newline after the last summary"
+    assert len(rest) % 2 == 0
+    entries = [
+        (datetime.strptime(rest[i], "%B %d, %Y").date(), rest[i + 1])
+        for i in range(0, len(rest), 2)
+    ]
+    return tagline, entries
+
+
+def shipped_front_matter() -> dict[Path, tuple[dict, str]]:
+    posts = {}
+    for path in sorted((REPO / "posts").iterdir()):
+        _, front, body = path.read_text(encoding="utf-8").split("---\n", 2)
+        posts[path] = (yaml.safe_load(front), body)
+    return posts
+
+
+def test_one_post_per_index_entry_with_its_date_and_summary(
+    seed: tuple[str, list[tuple[date, str]]],
+) -> None:
+    _, entries = seed
+    posts = shipped_front_matter()
+    assert len(posts) == len(entries) == 40
+    written = Counter((front["date"], front["summary"]) for front, _ in posts.values())
+    assert written == Counter(entries)
+    for path, (front, _) in posts.items():
+        assert path.name.startswith(f"{front['date']:%Y-%m-%d}-"), path.name
+
+
+def test_each_post_has_a_title_tags_and_a_body() -> None:
+    for path, (front, body) in shipped_front_matter().items():
+        assert isinstance(front["title"], str) and front["title"].strip(), path
+        assert front.get("tags") and all(isinstance(t, str) for t in front["tags"]), path
+        assert len(body.split()) >= 30, f"{path}: the body is too short"
+        assert not front.get("draft", False), path
+
+
+def test_the_tagline_is_the_example_config_subtitle(
+    seed: tuple[str, list[tuple[date, str]]],
+) -> None:
+    tagline, _ = seed
+    assert load_settings(REPO / "config.example.toml", env={}).site.subtitle == tagline
+
+
+def test_feeds_carry_each_summary_exactly(
+    seed: tuple[str, list[tuple[date, str]]], tmp_path: Path
+) -> None:
+    _, entries = seed
+    env = {"POSTROOM__PATHS__OUTPUT": str(tmp_path), "POSTROOM__FEEDS__ENTRIES": "100"}
+    report = SiteBuilder(load_settings(REPO / "config.example.toml", env=env)).build(NOW)
+    assert report.problems == []
+    assert report.published == len(entries)
+    for name in ("feed.atom", "feed.rss", "feed.json"):
+        feed = read_feed(name, report.feeds[name])
+        assert Counter((e.published.date(), e.summary) for e in feed.entries) == Counter(entries)
+
+
+def test_postroom_check_finds_no_problems(postroom_command: str, clean_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [postroom_command, "check", "--config", "config.example.toml"],
+        cwd=REPO, env=clean_env, capture_output=True, text=True, timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == "40 published posts, 0 problem(s)"

@@ -1,0 +1,190 @@
+"""The sender: a pool of workers moving deliveries from pending to sent, through a real SMTP
+server (aiosmtpd) or a real Maildir, recorded in a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+
+from mailserver import MailServer
+from mailsite import FROM_ADDRESS, MailSite
+from postroom import outbox
+from postroom.errors import StoreError
+from postroom.newsletter import send_outbox
+from postroom.store import sender_lock
+from postroom.subscribers import normalize_address
+
+
+@pytest.fixture
+def server() -> Iterator[MailServer]:
+    with MailServer() as running:
+        yield running
+
+
+def emails(count: int) -> list[str]:
+    return [f"reader{i:03d}@example.org" for i in range(count)]
+
+
+def site_with_digest(root: Path, port: int | None, readers: int, **overrides: dict) -> MailSite:
+    site = MailSite.create(root, smtp_port=port, **overrides)
+    site.write_post("news", "News")
+    site.add_subscribers(emails(readers))
+    plan = site.create_digest()
+    assert plan.recipients == readers
+    return site
+
+
+def test_workers_send_in_parallel_each_on_one_reused_connection(
+    tmp_path: Path, server: MailServer
+) -> None:
+    site = site_with_digest(tmp_path, server.port, 60, smtp={"concurrency": 4})
+
+    stats = site.send()
+
+    assert (stats.sent, stats.failed, stats.retried) == (60, 0, 0)
+    sessions = server.greeted_sessions()
+    assert len(sessions) == 4, "one connection per worker, opened once"
+    assert server.peak_connections == 4, "the four connections were open at the same time"
+    per_session = Counter(m.session for m in server.messages())
+    assert sorted(per_session) == sorted(s.number for s in sessions)
+    assert all(count >= 2 for count in per_session.values()), per_session
+    assert sum(per_session.values()) == 60
+    assert server.per_recipient() == Counter({e: 1 for e in emails(60)})
+
+
+def test_a_single_worker_sends_everything_on_one_connection(
+    tmp_path: Path, server: MailServer
+) -> None:
+    site = site_with_digest(tmp_path, server.port, 12, smtp={"concurrency": 1})
+
+    site.send()
+
+    assert len(server.greeted_sessions()) == 1 and server.peak_connections == 1
+    assert server.count() == 12
+
+
+def test_every_delivery_is_recorded_as_sent(tmp_path: Path, server: MailServer) -> None:
+    site = site_with_digest(tmp_path, server.port, 5)
+    before = datetime.now(UTC)
+
+    site.send()
+
+    received = {m.rcpt_tos[0]: m for m in server.messages()}
+    for row in site.deliveries():
+        assert row.status == "sent" and row.attempts == 1
+        assert row.claimed_by is None
+        assert before <= row.sent_at <= datetime.now(UTC)
+        assert row.last_reply == "OK: queued", "the server's reply"
+        message = received[row.email].parsed()
+        assert message["Message-ID"] == row.message_id
+        assert received[row.email].mail_from == FROM_ADDRESS
+
+
+def test_the_return_path_is_the_envelope_sender(tmp_path: Path, server: MailServer) -> None:
+    site = site_with_digest(tmp_path, server.port, 2,
+                            mail={"return_path": "bounces@notes.example.org"})
+
+    site.send()
+
+    assert {m.mail_from for m in server.messages()} == {"bounces@notes.example.org"}
+    assert {str(m.parsed()["From"].addresses[0].addr_spec) for m in server.messages()} == {
+        FROM_ADDRESS}
+
+
+def test_sending_again_sends_nothing(tmp_path: Path, server: MailServer) -> None:
+    site = site_with_digest(tmp_path, server.port, 8)
+    site.send()
+
+    again = site.send()
+
+    assert (again.sent, again.failed, again.retried) == (0, 0, 0)
+    assert server.count() == 8
+
+
+def test_the_rate_limit_spaces_messages_across_workers(tmp_path: Path, server: MailServer) -> None:
+    site = site_with_digest(tmp_path, server.port, 25,
+                            smtp={"concurrency": 4, "rate_limit": 50.0})
+    started = time.monotonic()
+
+    stats = site.send()
+
+    elapsed = time.monotonic() - started
+    assert stats.sent == 25
+    # 25 messages at 50/s: the last may start 24 intervals (0.48 s) after the first.
+    assert elapsed >= 0.45, elapsed
+    accepted = [e.at for e in server.outcomes() if e.stage == "data"]
+    assert accepted[-1] - accepted[0] >= 0.4
+    assert elapsed < 10, "limited, not stalled"
+
+
+def test_deliveries_left_sending_by_a_dead_sender_are_sent_again(
+    tmp_path: Path, server: MailServer
+) -> None:
+    site = site_with_digest(tmp_path, server.port, 6)
+    now = datetime.now(UTC)
+    # A sender that claimed two deliveries and died before sending them.
+    first, second = (row.id for row in site.deliveries()[:2])
+    assert outbox.claim(site.engine, first, "dead:1", "<m1@x>", now)
+    assert outbox.claim(site.engine, second, "dead:1", "<m2@x>", now)
+
+    stats = site.send()
+
+    assert stats.sent == 6
+    assert server.per_recipient() == Counter({e: 1 for e in emails(6)})
+    rows = {row.id: row for row in site.deliveries()}
+    assert {row.status for row in rows.values()} == {"sent"}
+    assert rows[first].attempts == rows[second].attempts == 2
+
+
+def test_only_one_sender_at_a_time(tmp_path: Path, server: MailServer) -> None:
+    site = site_with_digest(tmp_path, server.port, 2)
+
+    with sender_lock(site.engine), pytest.raises(StoreError, match="another postroom process"):
+        asyncio.run(send_outbox(site.settings, site.engine, lambda: datetime.now(UTC)))
+
+    assert server.count() == 0
+    assert site.send().sent == 2, "the lock is released with its holder"
+
+
+def test_an_internationalized_domain_is_sent_in_its_ascii_form(
+    tmp_path: Path, server: MailServer
+) -> None:
+    site = MailSite.create(tmp_path, smtp_port=server.port)
+    site.write_post("news", "News")
+    address = normalize_address("leser@bücher.example")
+    site.add_subscribers(["first@example.org", address, "last@example.org"])
+    site.create_digest()
+
+    stats = site.send()
+
+    assert (stats.sent, stats.failed) == (3, 0)
+    assert server.per_recipient() == Counter(
+        {"first@example.org": 1, "leser@xn--bcher-kva.example": 1, "last@example.org": 1})
+
+
+def test_the_maildir_transport_stores_every_digest(tmp_path: Path) -> None:
+    site = site_with_digest(tmp_path, None, 7, mail={"maildir": "var/out/maildir"})
+
+    stats = site.send()
+
+    assert stats.sent == 7
+    files = list((tmp_path / "var" / "out" / "maildir" / "new").iterdir())
+    assert len(files) == 7
+    tos = []
+    for path in files:
+        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+        assert message.get_content_type() == "multipart/alternative"
+        assert str(message["Subject"]) == "Test Notes: News"
+        assert message["Delivered-To"] == message["To"]
+        tos.append(str(message["To"]))
+    assert sorted(tos) == emails(7)
+    assert {row.status for row in site.deliveries()} == {"sent"}
+    assert all(row.last_reply.startswith("250 stored as ") for row in site.deliveries())
