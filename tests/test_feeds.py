@@ -506,7 +506,7 @@ def test_feed_without_subtitle(make_site: Callable[..., Site]) -> None:
 def test_empty_derived_summary_falls_back_to_the_title(site: Site) -> None:
     site.write_post("a.md", "# Only a heading\n", title="Heading post", date=date(2025, 1, 1))
     report = site.build(NOW)
-    for name in ("feed.atom", "feed.rss"):
+    for name in ("feed.atom", "feed.rss", "feed.json"):
         assert read_feed(name, report.feeds[name]).entries[0].summary == "Heading post"
 
 
