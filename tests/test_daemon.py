@@ -445,6 +445,10 @@ def test_a_second_daemon_on_the_same_database_is_refused(make_site: MakeSite) ->
     assert "another postroom daemon is running on this database" in second.stderr
     assert "postroom.db.daemon.lock" in second.stderr
     assert "Traceback" not in second.stderr
+    # A cron pass next to the running daemon is refused too (it could double a digest).
+    once = site.run("run", "--once", timeout=30)
+    assert once.returncode == 2
+    assert "a postroom daemon is running on this database" in once.stderr
     assert first.running()
     assert httpx.get(site.url("/healthz")).json()["status"] == "ok"
 

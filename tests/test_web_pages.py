@@ -505,6 +505,19 @@ def test_the_json_variant_refuses_bad_input(client: httpx.Client, body: bytes) -
     assert response.json()["ok"] is False
 
 
+def test_the_json_variant_takes_json_only(client: httpx.Client, site: DaemonSite) -> None:
+    # A form post from another site needs no CORS preflight: refused before anything else.
+    response = client.post("/api/subscribe", data={"email": "form@example.org"})
+    assert response.status_code == 415
+    assert response.json()["ok"] is False
+    assert site.status_of("form@example.org") is None
+
+
+def test_browsers_get_an_empty_icon(client: httpx.Client) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 204 and response.content == b""
+
+
 def test_the_json_variant_may_be_called_from_the_blogs_own_origin_only(
         client: httpx.Client, site: DaemonSite) -> None:
     preflight = {"Access-Control-Request-Method": "POST",

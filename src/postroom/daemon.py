@@ -97,9 +97,10 @@ class Daemon:
     async def digest(self) -> None:
         """Create the digest if anything is new, then send it."""
         now = self.clock()
-        await asyncio.to_thread(self._record_digest_run, now)
         plan = await asyncio.to_thread(create_digest, self.settings, self.engine,
                                        self.builder, now)
+        # Recorded once the digest exists: a failed creation is tried again after a restart.
+        await asyncio.to_thread(self._record_digest_run, now)
         self.health.last_digest = now
         if plan.digest_id is not None:
             await self.send()
@@ -145,11 +146,15 @@ class Daemon:
 
     async def run_once(self) -> None:
         """Do one pass of everything due, then return (for cron)."""
-        await self.rebuild()
-        if self.digest_is_overdue():
-            await self.digest()
-        await self.send()
-        await self.expire()
+        # The daemon's lock too: a cron pass next to a running daemon must not make a
+        # second digest for the same slot.
+        with process_lock(self.engine, "daemon",
+                          "a postroom daemon is running on this database"):
+            await self.rebuild()
+            if self.digest_is_overdue():
+                await self.digest()
+            await self.send()
+            await self.expire()
 
     async def run_forever(self) -> None:
         with process_lock(self.engine, "daemon",
@@ -253,6 +258,17 @@ def serve(settings: Settings, host: str, port: int) -> None:
     state = WebState.create(settings, engine, template_environment(settings.templates_dir),
                             secret_key(engine), make_transport(settings))
     web = settings.web
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning",
-                proxy_headers=bool(web.trusted_proxies),
-                forwarded_allow_ips=list(web.trusted_proxies) or None)
+    server = QuietServer(uvicorn.Config(
+        create_app(state), host=host, port=port, log_level="warning",
+        proxy_headers=bool(web.trusted_proxies),
+        forwarded_allow_ips=list(web.trusted_proxies) or None, access_log=False,
+    ))
+
+    async def main() -> None:
+        # Our own handlers, so SIGTERM is a clean stop with exit code 0.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+        await server.serve()
+
+    asyncio.run(main())

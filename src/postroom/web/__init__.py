@@ -52,6 +52,11 @@ def _database_ok(state: WebState) -> bool:
     return True
 
 
+async def no_icon(request: Request) -> Response:
+    # Browsers ask for it on every page; an empty answer keeps their consoles clean.
+    return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse(request.url_for("subscribe_form"), status_code=303)
 
@@ -98,6 +103,7 @@ def create_app(state: WebState) -> Starlette:
         Route("/unsubscribe/{token}", pages.unsubscribe_page, methods=["GET"]),
         Route("/unsubscribe/{token}", pages.unsubscribe, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", no_icon, methods=["GET", "HEAD"]),
     ]
     middleware = [
         Middleware(SecurityHeaders),

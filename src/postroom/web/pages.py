@@ -77,6 +77,9 @@ async def subscribe(request: Request) -> Response:
 async def subscribe_json(request: Request) -> Response:
     """POST /api/subscribe with {"email": ...}: the JSON variant, same rules, same answers."""
     state = state_of(request)
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # Only JSON: a cross-site form cannot send it without a CORS preflight.
+        return JSONResponse({"ok": False, "error": "send application/json"}, status_code=415)
     try:
         body = await request.json()
     except ValueError:
