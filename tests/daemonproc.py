@@ -17,23 +17,19 @@ for the page tests that start many small servers.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-import yaml
 from sqlalchemy import Engine, Row, select
 
 from postroom import subscribers
@@ -45,6 +41,7 @@ from postroom.templates import template_environment
 from postroom.tokens import Tokens
 from postroom.web import create_app
 from postroom.web.state import WebState
+from sites import postroom_command, postroom_env, run_postroom, toml_text, write_post_file
 
 SITE_TITLE = "Daemon Notes"
 FROM_ADDRESS = "letters@daemon.example.org"
@@ -55,42 +52,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def postroom_argv() -> list[str]:
-    """The installed `postroom` console script, beside this Python."""
-    script = Path(sys.executable).parent / "postroom"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "postroom.cli"]
-
-
-def child_env() -> dict[str, str]:
-    """This environment minus anything POSTROOM*: the config file alone decides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
-    if isinstance(value, datetime | date):
-        return value.isoformat()  # a TOML date-time (or date) literal
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def toml_text(tables: Mapping[str, Mapping[str, Any]]) -> str:
-    lines: list[str] = []
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def utc_now() -> datetime:
@@ -104,7 +65,7 @@ class PostroomProcess:
         self.args, self.log_path, self.health_url = args, log_path, health_url
         self._stderr = log_path.open("wb")
         self._stdout = log_path.with_suffix(".out").open("wb")
-        self.popen = subprocess.Popen([*postroom_argv(), *args], cwd=cwd, env=child_env(),
+        self.popen = subprocess.Popen([*postroom_command(), *args], cwd=cwd, env=postroom_env(),
                                       stdout=self._stdout, stderr=self._stderr,
                                       stdin=subprocess.DEVNULL)
 
@@ -283,14 +244,8 @@ class DaemonSite:
     def write_post(self, slug: str, title: str, published: datetime | None = None,
                    tags: tuple[str, ...] = (), body: str = "Some words.\n") -> Path:
         published = published or utc_now() - timedelta(seconds=5)
-        front: dict[str, Any] = {"title": title, "date": published.astimezone(UTC).isoformat(),
-                                 "slug": slug}
-        if tags:
-            front["tags"] = list(tags)
-        text = yaml.safe_dump(front, allow_unicode=True, sort_keys=False)
-        path = self.root / "posts" / f"{slug}.md"
-        path.write_text(f"---\n{text}---\n\n{body}", encoding="utf-8")
-        return path
+        front = {"tags": list(tags)} if tags else {}
+        return write_post_file(self.root / "posts", slug, title, published, body, **front)
 
     # ---- the database ----------------------------------------------------------------
 
@@ -342,9 +297,7 @@ class DaemonSite:
 
     def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run `postroom <args> --config <this site>` to completion."""
-        return subprocess.run([*postroom_argv(), *args, "--config", str(self.config)],
-                              cwd=self.root, env=child_env(), capture_output=True, text=True,
-                              timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        return run_postroom(*args, "--config", str(self.config), cwd=self.root, timeout=timeout)
 
     def start(self, *args: str) -> PostroomProcess:
         """Start `postroom <args> --config <this site>` in the background."""

@@ -1,20 +1,25 @@
-"""A real SMTP server for the tests: aiosmtpd on a free loopback port, recording what it
-receives and misbehaving on cue.
+"""The real SMTP server of every test: aiosmtpd on a free loopback port, recording what it
+receives, misbehaving on cue and slow on cue.
 
     with MailServer() as server:
         server.fail(Fault("rcpt", "550 5.1.1 no such user", recipient="gone@example.org"))
         ...  # send to 127.0.0.1:server.port
-        assert server.count() == 3
+        assert server.wait_for(3, timeout=10)
+        [message] = server.messages_to("a@example.org")  # .parsed(), .text(), .link(…)
 
 Everything the server sees is recorded under a lock (the server runs in its own thread):
 the messages it accepted (`received`), one event per command it answered (`events`), and
 its connections (`sessions`). A message counts as received only when the server answered
 250 to its DATA: a message cut off or stalled is one the server never took.
+
+`MailServer(delay=0.05)` lets that many seconds pass between the end of each message's DATA
+and the 250, so a send can be caught in flight (`server.delay` may be changed while it runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import Counter
@@ -74,6 +79,23 @@ class Received:
         assert isinstance(message, EmailMessage)
         return message
 
+    def text(self) -> str:
+        """Return the text/plain body, decoded."""
+        part = self.parsed().get_body(preferencelist=("plain",))
+        assert part is not None, "message has no text/plain part"
+        return str(part.get_content())
+
+    def link(self, pattern: str) -> str:
+        """Return the first URL in the text body matching `pattern` (a regex)."""
+        found = re.search(pattern, self.text())
+        assert found, f"no link matching {pattern!r} in:\n{self.text()}"
+        return found.group(0)
+
+
+def header_urls(value: Any) -> list[str]:
+    """Given a List-Unsubscribe header, return its URLs in order ("<a>, <b>" → [a, b])."""
+    return re.findall(r"<([^>]+)>", str(value))
+
 
 @dataclass(frozen=True)
 class Event:
@@ -104,10 +126,13 @@ class _Transaction:
 class MailServer:
     """An aiosmtpd server on 127.0.0.1 with a free port; use as a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", **smtp_options: Any) -> None:
-        """`smtp_options` go to aiosmtpd's SMTP (e.g. authenticator, auth_require_tls)."""
+    def __init__(self, host: str = "127.0.0.1", *, delay: float = 0.0,
+                 **smtp_options: Any) -> None:
+        """`delay`: seconds before each 250 to DATA; `smtp_options` go to aiosmtpd's SMTP
+        (e.g. authenticator, auth_require_tls)."""
         self.host = host
         self.port = 0
+        self.delay = delay  # may be changed while the server runs
         self.received: list[Received] = []
         self.events: list[Event] = []
         self.sessions: list[SessionInfo] = []
@@ -158,6 +183,10 @@ class MailServer:
     def messages(self) -> list[Received]:
         with self._lock:
             return list(self.received)
+
+    def messages_to(self, address: str) -> list[Received]:
+        """Return the accepted messages that `address` was a recipient of, in order."""
+        return [m for m in self.messages() if address in m.rcpt_tos]
 
     def per_recipient(self) -> Counter[str]:
         """Return how many accepted messages each recipient got."""
@@ -353,6 +382,9 @@ class _Handler:
         outcome = await self._misbehave(server, transaction, "data", recipient, fault)
         if outcome is not None:
             return outcome
+        if self.recorder.delay:
+            # The whole message has arrived: the client waits for the 250 all this time.
+            await asyncio.sleep(self.recorder.delay)
         self.recorder._accept(server.number, transaction, envelope)
         self.recorder._event(server.number, transaction, "data", recipient, "250 OK")
         server.transaction = None

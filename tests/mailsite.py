@@ -13,18 +13,13 @@ so posts dated after that are new: test setup through postroom's own store API.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import Engine, Row, select
 
 from postroom import outbox, subscribers
@@ -35,32 +30,15 @@ from postroom.schema import deliveries
 from postroom.sender import SendStats
 from postroom.store import secret_key, set_meta
 from postroom.tokens import Tokens
+from sites import postroom_command, postroom_env, run_postroom, toml_text, write_post_file
 
 SITE_TITLE = "Test Notes"
 BASE_URL = "https://notes.example.org"
 FROM_ADDRESS = "letters@notes.example.org"
 
 
-def toml_value(value: Any) -> str:
-    """Return a TOML literal for a str, bool, int, float or list of those."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def write_config(path: Path, tables: Mapping[str, Mapping[str, Any]]) -> Path:
-    lines = []
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(toml_text(tables), encoding="utf-8")
     return path
 
 
@@ -86,10 +64,6 @@ def site_tables(root: Path, smtp_port: int | None, **overrides: Mapping[str, Any
     for table, values in overrides.items():
         tables.setdefault(table.replace("__", "."), {}).update(values)
     return tables
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat()
 
 
 @dataclass
@@ -125,13 +99,8 @@ class MailSite:
                    summary: str | None = None, body: str = "Some words.\n") -> Path:
         """Write a post file; any title or summary survives YAML (escaped by PyYAML)."""
         published = published or self.now - timedelta(minutes=10)
-        front: dict[str, str] = {"title": title, "date": iso(published), "slug": slug}
-        if summary is not None:
-            front["summary"] = summary
-        text = yaml.safe_dump(front, allow_unicode=True, sort_keys=False)
-        path = self.root / "posts" / f"{slug}.md"
-        path.write_text(f"---\n{text}---\n\n{body}", encoding="utf-8")
-        return path
+        front = {} if summary is None else {"summary": summary}
+        return write_post_file(self.root / "posts", slug, title, published, body, **front)
 
     def add_subscribers(self, emails: Iterable[str], status: str = "active") -> dict[str, int]:
         """Add subscribers; return their ids by address."""
@@ -175,33 +144,11 @@ class MailSite:
                             timeout=timeout)
 
 
-def postroom_command() -> list[str]:
-    """Return the argv prefix that runs the installed `postroom` command."""
-    script = Path(sys.executable).parent / "postroom"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("postroom")
-    return [found] if found else [sys.executable, "-m", "postroom.cli"]
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without any POSTROOM__ override that could change the config."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("POSTROOM__") and k != "POSTROOM_CONFIG"}
-
-
-def run_postroom(*args: str, cwd: Path, timeout: float = 60.0,
-                 env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `postroom` command; `env` adds variables (e.g. POSTROOM__ overrides)."""
-    return subprocess.run([*postroom_command(), *args], cwd=cwd, env={**clean_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
 def start_postroom(*args: str, cwd: Path, output: Path) -> subprocess.Popen[bytes]:
     """Start the real `postroom` command; its stdout and stderr go to the file `output`
     (a file, not a pipe: a pipe nobody reads would block a chatty process)."""
     with output.open("ab") as sink:
-        return subprocess.Popen([*postroom_command(), *args], cwd=cwd, env=clean_env(),
+        return subprocess.Popen([*postroom_command(), *args], cwd=cwd, env=postroom_env(),
                                 stdout=sink, stderr=subprocess.STDOUT)
 
 

@@ -1,11 +1,21 @@
-"""Real site folders for the tests: a config file, a posts folder and an output folder."""
+"""Real site folders for the tests: a config file, a posts folder and an output folder, and
+the real `postroom` command to run on them.
+
+`Site` is the folder of the feed tests. The writers and the command here serve every kind of
+test site: `MailSite` (mailsite.py) and `DaemonSite` (daemonproc.py) write their config with
+`toml_text`, their posts with `write_post_file` and run postroom with `run_postroom`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +43,16 @@ BASE_CONFIG: dict[str, Any] = {
 
 
 def toml_value(value: Any) -> str:
-    """Given a str, bool, int or list of them, return it written as TOML."""
+    """Given a str, bool, int, float, date, datetime or list of them, return it as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     if isinstance(value, str):
         # A JSON string is a valid TOML basic string for the characters used here.
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, datetime | date):
+        return value.isoformat()  # a TOML date-time (or date) literal
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
@@ -74,6 +86,44 @@ def post_text(front: Mapping[str, Any], body: str = "") -> str:
     """Return a post file's text: YAML front matter (as yaml.safe_dump writes it), then body."""
     dumped = yaml.safe_dump(dict(front), allow_unicode=True, sort_keys=False, width=10_000)
     return f"---\n{dumped}---\n{body}"
+
+
+def write_post_file(folder: Path, slug: str, title: str, published: datetime,
+                    body: str = "Some words.\n", **front: Any) -> Path:
+    """Write <folder>/<slug>.md: title, date (UTC), slug and `front` as front matter, a blank
+    line, then `body`; return its path. Any title survives YAML (escaped by PyYAML)."""
+    fields = {"title": title, "date": published.astimezone(UTC).isoformat(), "slug": slug,
+              **front}
+    path = folder / f"{slug}.md"
+    path.write_text(post_text(fields, "\n" + body), encoding="utf-8")
+    return path
+
+
+# ---- the real command ------------------------------------------------------------------
+
+def postroom_command() -> list[str]:
+    """Return the argv prefix that runs the installed `postroom` console script."""
+    script = Path(sys.executable).parent / "postroom"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("postroom")
+    return [found] if found else [sys.executable, "-m", "postroom.cli"]
+
+
+def postroom_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment minus anything POSTROOM* (the config file alone decides), plus
+    `extra` (e.g. POSTROOM__ overrides or a password)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM")}
+    env["PYTHONUNBUFFERED"] = "1"  # a log read while the process runs is up to date
+    return {**env, **(extra or {})}
+
+
+def run_postroom(*args: str, cwd: Path, timeout: float = 60.0,
+                 env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `postroom <args>` in `cwd` to completion; `env` adds variables."""
+    return subprocess.run([*postroom_command(), *args], cwd=cwd, env=postroom_env(env),
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemonproc import DaemonSite
-from smtpsink import SmtpSink
+from mailserver import MailServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -60,13 +60,13 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as server:
+def sink() -> Iterator[MailServer]:
+    with MailServer() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink) -> Iterator[DaemonSite]:
+def site(tmp_path_factory: pytest.TempPathFactory, sink: MailServer) -> Iterator[DaemonSite]:
     """A site with two posts, its daemon running."""
     root = tmp_path_factory.mktemp("browser") / "site"
     with DaemonSite.create(root, smtp_port=sink.port) as served:
@@ -94,7 +94,7 @@ def wait_for_status(site: DaemonSite, email: str, status: str) -> None:
 
 
 def test_subscribe_confirm_unsubscribe_through_the_pages(
-        page: Page, site: DaemonSite, sink: SmtpSink, tmp_path: Path) -> None:
+        page: Page, site: DaemonSite, sink: MailServer, tmp_path: Path) -> None:
     shots = Screenshots(tmp_path / "screenshots", "subscribe-confirm-unsubscribe")
     problems: list[str] = []
     # A CSP violation or a failed load shows up as a console error (the browser's own

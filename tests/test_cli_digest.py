@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from mailserver import Fault, MailServer
-from mailsite import MailSite, assert_no_traceback, run_postroom
+from mailsite import MailSite, assert_no_traceback
+from sites import run_postroom
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 READERS = ["ann@example.org", "bob@example.net", "cat@example.com"]

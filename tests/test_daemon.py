@@ -17,28 +17,28 @@ import httpx
 import pytest
 
 from daemonproc import DaemonSite, PostroomProcess
+from mailserver import Fault, MailServer, Received, header_urls
 from postroom.daemon import LAST_DIGEST_KEY
-from smtpsink import Received, SmtpSink, header_urls
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 MakeSite = Callable[..., DaemonSite]
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as server:
+def sink() -> Iterator[MailServer]:
+    with MailServer() as server:
         yield server
 
 
 @pytest.fixture
-def make_site(tmp_path: Path, sink: SmtpSink) -> Iterator[MakeSite]:
+def make_site(tmp_path: Path, sink: MailServer) -> Iterator[MakeSite]:
     """Return a factory: make_site(mail_server=None, **config tables) → a DaemonSite.
 
     Every process a site started is stopped at the end of the test, whatever happened.
     """
     sites: list[DaemonSite] = []
 
-    def make(mail_server: SmtpSink | None = None, **overrides: dict[str, Any]) -> DaemonSite:
+    def make(mail_server: MailServer | None = None, **overrides: dict[str, Any]) -> DaemonSite:
         site = DaemonSite.create(tmp_path / f"site{len(sites)}",
                                  smtp_port=(mail_server or sink).port, **overrides)
         sites.append(site)
@@ -85,7 +85,7 @@ def subscribe_with_the_form(client: httpx.Client, email: str) -> httpx.Response:
     return client.post("/subscribe", data={"csrf": token.group(1), "email": email})
 
 
-def digests_to(sink: SmtpSink, email: str) -> list[Received]:
+def digests_to(sink: MailServer, email: str) -> list[Received]:
     return [m for m in sink.messages_to(email)
             if not str(m.parsed()["Subject"]).startswith("Confirm your subscription")]
 
@@ -106,7 +106,7 @@ def write_subscriber_csv(path: Path, count: int) -> Path:
 # ---- the acceptance test -------------------------------------------------------------------
 
 def test_post_feed_subscribe_confirm_digest_unsubscribe_end_to_end(
-        make_site: MakeSite, sink: SmtpSink) -> None:
+        make_site: MakeSite, sink: MailServer) -> None:
     start = utc_now()
     # The digest fires every minute; posts from before `since` are the back catalogue.
     site = make_site(digest={"schedule": "* * * * *", "since": start - timedelta(seconds=30)})
@@ -178,7 +178,7 @@ def test_post_feed_subscribe_confirm_digest_unsubscribe_end_to_end(
 
 
 def test_a_post_written_after_the_daemon_started_is_new_to_the_first_digest(
-        make_site: MakeSite, sink: SmtpSink) -> None:
+        make_site: MakeSite, sink: MailServer) -> None:
     # No digest.since: the first digest starts when postroom first saw the collection,
     # which is when the daemon started, not when the first digest happens to run.
     now = utc_now()
@@ -221,13 +221,15 @@ def test_a_post_dated_in_the_future_is_published_at_its_date(make_site: MakeSite
 
 
 def test_deliveries_refused_for_now_are_retried_by_the_daemon(
-        make_site: MakeSite, sink: SmtpSink) -> None:
+        make_site: MakeSite, sink: MailServer) -> None:
     now = utc_now()
     site = make_site(digest={"schedule": past_slot_schedule(now),
                              "since": now - timedelta(days=1)})
     site.write_post("news", "News", now - timedelta(minutes=10))
     site.add_subscribers(["easy@example.org", "grey@example.org"])
-    sink.refuse("grey@example.org", times=2)  # greylisted: 451 twice, then accepted
+    # Greylisted: 451 twice, then accepted.
+    sink.fail(Fault("rcpt", "451 4.7.1 try again later", recipient="grey@example.org",
+                    times=2))
     site.set_meta(LAST_DIGEST_KEY, (now - timedelta(days=1)).isoformat())
     daemon = site.start("run")
     daemon.wait_healthy()
@@ -259,7 +261,7 @@ def test_unconfirmed_requests_are_forgotten_after_the_expiry(make_site: MakeSite
 
 def test_sigterm_mid_send_exits_0_and_loses_nothing(make_site: MakeSite) -> None:
     now = utc_now()
-    with SmtpSink(delay=0.05) as slow:
+    with MailServer(delay=0.05) as slow:
         site = make_site(mail_server=slow, digest={"schedule": past_slot_schedule(now),
                                             "since": now - timedelta(days=1)})
         site.write_post("big-news", "Big news", now - timedelta(minutes=10))
@@ -297,7 +299,7 @@ def test_sigterm_mid_send_exits_0_and_loses_nothing(make_site: MakeSite) -> None
 def test_sigterm_after_the_grace_period_hands_sends_back_to_pending(
         make_site: MakeSite) -> None:
     now = utc_now()
-    with SmtpSink(delay=30.0) as stuck:
+    with MailServer(delay=30.0) as stuck:
         site = make_site(mail_server=stuck, daemon={"shutdown_grace": 0.5},
                          smtp={"concurrency": 2, "timeout": 2.0},
                          digest={"schedule": past_slot_schedule(now),
@@ -397,7 +399,7 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad_and_applies_a_good_
 
 # ---- missed digests, the lock, --once ----------------------------------------------------
 
-def test_a_missed_digest_runs_once_at_start(make_site: MakeSite, sink: SmtpSink) -> None:
+def test_a_missed_digest_runs_once_at_start(make_site: MakeSite, sink: MailServer) -> None:
     now = utc_now()
     site = make_site(digest={"schedule": past_slot_schedule(now),
                              "since": now - timedelta(days=5)})
@@ -460,7 +462,7 @@ def test_a_second_daemon_on_the_same_database_is_refused(make_site: MakeSite) ->
     assert third.stop() == 0
 
 
-def test_run_once_does_one_pass_and_exits(make_site: MakeSite, sink: SmtpSink) -> None:
+def test_run_once_does_one_pass_and_exits(make_site: MakeSite, sink: MailServer) -> None:
     now = utc_now()
     site = make_site(digest={"schedule": past_slot_schedule(now),
                              "since": now - timedelta(days=1)})

@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jinja2 import Environment
 
-from mailserver import MailServer
+from mailserver import MailServer, header_urls
 from mailsite import BASE_URL, FROM_ADDRESS, SITE_TITLE, MailSite
 from postroom.config import Settings, load_settings
 from postroom.digest import DigestPost, compose_digest
@@ -113,7 +113,7 @@ def links_in(html: str) -> LinkTitles:
 
 
 def unsubscribe_urls(message: EmailMessage) -> list[str]:
-    return re.findall(r"<([^>]+)>", str(message["List-Unsubscribe"]))
+    return header_urls(message["List-Unsubscribe"])
 
 
 # ---- a digest through a real SMTP server ----------------------------------------------

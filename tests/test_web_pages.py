@@ -15,10 +15,10 @@ import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from daemonproc import DaemonSite
+from mailserver import MailServer
 from postroom.optin import version_of
 from postroom.store import secret_key
 from postroom.tokens import Tokens
-from smtpsink import SmtpSink
 
 PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -27,13 +27,13 @@ MakeSite = Callable[..., DaemonSite]
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as server:
+def sink() -> Iterator[MailServer]:
+    with MailServer() as server:
         yield server
 
 
 @pytest.fixture
-def make_site(tmp_path: Path, sink: SmtpSink) -> Iterator[MakeSite]:
+def make_site(tmp_path: Path, sink: MailServer) -> Iterator[MakeSite]:
     """Return a factory: make_site(**config tables) → a site whose web app is being served."""
     sites: list[DaemonSite] = []
 
@@ -83,7 +83,7 @@ def heading(response: httpx.Response) -> str:
     return str(lxml.html.fromstring(response.text).findtext(".//h1")).strip()
 
 
-def confirm_link(sink: SmtpSink, site: DaemonSite, email: str, number: int = 1) -> str:
+def confirm_link(sink: MailServer, site: DaemonSite, email: str, number: int = 1) -> str:
     """Wait for the `number`-th confirmation to `email`; return the link in it."""
     deadline = time.monotonic() + 10
     while len(sink.messages_to(email)) < number:
@@ -111,7 +111,7 @@ def confirm_token_aged(site: DaemonSite, email: str, days: float) -> str:
     return str(serializer.dumps([row.id, email, version_of(row.status_changed_at)]))
 
 
-def quiet_for(sink: SmtpSink, seconds: float) -> int:
+def quiet_for(sink: MailServer, seconds: float) -> int:
     """Wait a little for mail that should not come; return how many messages there are."""
     time.sleep(seconds)
     return sink.count()
@@ -144,7 +144,7 @@ def test_home_redirects_to_the_form(client: httpx.Client, site: DaemonSite) -> N
 # ---- subscribe and confirm -----------------------------------------------------------------
 
 def test_subscribe_then_confirm_then_confirm_again(
-        client: httpx.Client, site: DaemonSite, sink: SmtpSink) -> None:
+        client: httpx.Client, site: DaemonSite, sink: MailServer) -> None:
     response = subscribe(client, "reader@example.org")
     assert response.status_code == 200
     assert heading(response) == "Almost there"
@@ -223,7 +223,7 @@ def test_the_expiry_follows_the_config(make_site: MakeSite) -> None:
 
 
 def test_a_confirmation_replayed_after_unsubscribing_does_not_resubscribe(
-        client: httpx.Client, site: DaemonSite, sink: SmtpSink) -> None:
+        client: httpx.Client, site: DaemonSite, sink: MailServer) -> None:
     subscribe(client, "fickle@example.org")
     link = confirm_link(sink, site, "fickle@example.org")
     assert httpx.get(link).status_code == 200
@@ -317,7 +317,7 @@ def assert_too_many(response: httpx.Response, window: int) -> None:
 
 
 def test_the_client_limit_refuses_the_next_request_with_429_and_retry_after(
-        make_site: MakeSite, sink: SmtpSink) -> None:
+        make_site: MakeSite, sink: MailServer) -> None:
     site = make_site(web={"rate_per_client": 3, "rate_per_email": 3, "rate_window_seconds": 600})
     with httpx.Client(base_url=site.base_url, timeout=10) as client:
         for number in range(3):
@@ -337,7 +337,7 @@ def test_the_client_limit_refuses_the_next_request_with_429_and_retry_after(
 
 
 def test_the_email_limit_protects_one_inbox_from_any_client(
-        make_site: MakeSite, sink: SmtpSink) -> None:
+        make_site: MakeSite, sink: MailServer) -> None:
     site = make_site(web={"rate_per_client": 20, "rate_per_email": 2})
     with httpx.Client(base_url=site.base_url, timeout=10) as client:
         assert subscribe(client, "target@example.org").status_code == 200
@@ -381,7 +381,7 @@ def test_a_forged_forwarded_for_does_not_escape_the_limit(make_site: MakeSite) -
 # ---- no enumeration ----------------------------------------------------------------------
 
 def test_the_answer_is_the_same_whatever_the_address_is(
-        client: httpx.Client, site: DaemonSite, sink: SmtpSink) -> None:
+        client: httpx.Client, site: DaemonSite, sink: MailServer) -> None:
     site.add_subscribers(["pending@example.org"], status="pending")
     site.add_subscribers(["active@example.org"], status="active")
     ids = site.add_subscribers(["gone@example.org"], status="active")
@@ -424,7 +424,7 @@ def test_the_json_answer_is_the_same_whatever_the_address_is(
 # ---- honeypot and CSRF -------------------------------------------------------------------
 
 def test_a_filled_honeypot_gets_the_same_page_and_records_nothing(
-        client: httpx.Client, site: DaemonSite, sink: SmtpSink) -> None:
+        client: httpx.Client, site: DaemonSite, sink: MailServer) -> None:
     human = subscribe(client, "human@example.org")
     bot = subscribe(client, "bot@example.org", website="http://spam.example")
     assert bot.status_code == human.status_code == 200
@@ -436,7 +436,7 @@ def test_a_filled_honeypot_gets_the_same_page_and_records_nothing(
 
 
 def test_a_post_without_the_cookie_and_token_gets_the_form_again(
-        site: DaemonSite, sink: SmtpSink) -> None:
+        site: DaemonSite, sink: MailServer) -> None:
     with httpx.Client(base_url=site.base_url, timeout=10) as stranger:
         response = stranger.post("/subscribe", data={"email": "csrf@example.org"})
         assert response.status_code == 400
@@ -455,7 +455,7 @@ def test_a_post_without_the_cookie_and_token_gets_the_form_again(
 @pytest.mark.parametrize("case", ["token-without-cookie", "cookie-without-token",
                                   "token-of-another-cookie", "tampered-token"])
 def test_a_csrf_mismatch_is_refused_and_records_nothing(
-        site: DaemonSite, sink: SmtpSink, case: str) -> None:
+        site: DaemonSite, sink: MailServer, case: str) -> None:
     with httpx.Client(base_url=site.base_url, timeout=10) as victim, \
             httpx.Client(base_url=site.base_url, timeout=10) as attacker:
         token = csrf_token(attacker)
@@ -486,7 +486,7 @@ def test_an_invalid_address_gets_the_form_with_an_error_and_its_text_escaped(
 # ---- the JSON variant and the snippet ----------------------------------------------------
 
 def test_the_json_variant_subscribes(client: httpx.Client, site: DaemonSite,
-                                     sink: SmtpSink) -> None:
+                                     sink: MailServer) -> None:
     response = client.post("/api/subscribe", json={"email": "api@example.org"})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -532,7 +532,7 @@ def test_the_json_variant_may_be_called_from_the_blogs_own_origin_only(
 
 
 def test_the_snippet_is_a_form_that_posts_to_the_subscribe_page(
-        client: httpx.Client, site: DaemonSite, sink: SmtpSink) -> None:
+        client: httpx.Client, site: DaemonSite, sink: MailServer) -> None:
     response = client.get("/subscribe/snippet")
     assert response.status_code == 200
     form = lxml.html.fromstring(response.text)
@@ -554,7 +554,7 @@ def test_the_snippet_is_a_form_that_posts_to_the_subscribe_page(
 HOSTILE = '<script>alert("title")</script> & "Co"'
 
 
-def test_pages_escape_a_hostile_site_title(make_site: MakeSite, sink: SmtpSink) -> None:
+def test_pages_escape_a_hostile_site_title(make_site: MakeSite, sink: MailServer) -> None:
     site = make_site(site={"title": HOSTILE})
     ids = site.add_subscribers(["t@example.org"])
     with httpx.Client(base_url=site.base_url, timeout=10) as client:
