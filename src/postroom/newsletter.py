@@ -108,8 +108,4 @@ async def send_outbox(
                         digest_messages(settings, engine), clock=now, on_finish=on_finish,
                         stopping=stopping)
         wait = settings.smtp.retry_wait if wait_for_retries is None else wait_for_retries
-        stats = await sender.run(wait_for_retries=wait)
-    if stats.sent or stats.failed or stats.retried:
-        log.info("sent %d, failed %d, retried %d, bounced %d",
-                 stats.sent, stats.failed, stats.retried, stats.bounced)
-    return stats
+        return await sender.run(wait_for_retries=wait)
