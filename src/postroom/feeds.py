@@ -13,7 +13,6 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -109,7 +108,7 @@ def _with_stylesheet(xml: bytes, href: str | None) -> bytes:
     if not href:
         return xml
     declaration, newline, rest = xml.partition(b"\n")
-    instruction = f'<?xml-stylesheet href="{escape(href, quote=True)}" type="text/xsl"?>'
+    instruction = f'<?xml-stylesheet href="{html.escape(href)}" type="text/xsl"?>'
     return declaration + newline + instruction.encode("utf-8") + b"\n" + rest
 
 
