@@ -65,6 +65,10 @@ subscribers = Table(
     Column("unsubscribed_at", UTCDateTime),
     Column("bounced_at", UTCDateTime),
     Column("bounce_count", Integer, nullable=False, default=0),
+    # Opaque identifiers for links: an unsubscribe link is "<public_id>.<unsubscribe_key>",
+    # so it reveals neither the list's size nor its order, and costs no HMAC per message.
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("unsubscribe_key", String(64), nullable=False),
     Index("ix_subscribers_status", "status", "id"),
 )
 
@@ -88,6 +92,9 @@ digests = Table(
     Column("cutoff", UTCDateTime, nullable=False),
     Column("subject", Text, nullable=False),
     Column("recipients", Integer, nullable=False),
+    # The window's start, unique: a second digest of the same window cannot be written,
+    # whoever races to create it. NULL only on duplicates made before this rule existed.
+    Column("window_key", String(64), unique=True),
 )
 
 # The posts of a digest, frozen as they were when it was created.
@@ -110,7 +117,9 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("digest_id", Integer, ForeignKey("digests.id", ondelete="CASCADE"), nullable=False),
+    # digest | confirm (transactional mail goes through the same outbox as digests)
+    Column("kind", String(16), nullable=False, server_default="digest"),
+    Column("digest_id", Integer, ForeignKey("digests.id", ondelete="CASCADE")),
     Column("subscriber_id", Integer, ForeignKey("subscribers.id"), nullable=False),
     Column("email", String(320), nullable=False),
     # pending | sending | sent | failed
@@ -119,9 +128,17 @@ deliveries = Table(
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("claimed_by", String(64)),
     Column("claimed_at", UTCDateTime),
+    # A claim is a lease: once it expires, any sender may claim the delivery again.
+    Column("lease_until", UTCDateTime),
     Column("sent_at", UTCDateTime),
+    # Fixed when the delivery is written: the same on every attempt.
     Column("message_id", String(255)),
+    # What the recipient's link needs, copied at creation so sending reads nothing else:
+    # the unsubscribe token, and for a confirmation its signed token.
+    Column("unsubscribe_token", String(100)),
+    Column("payload", Text),
     Column("last_reply", Text),
     UniqueConstraint("digest_id", "subscriber_id", name="uq_deliveries_digest_subscriber"),
     Index("ix_deliveries_due", "status", "next_attempt_at", "id"),
+    Index("ix_deliveries_lease", "status", "lease_until"),
 )

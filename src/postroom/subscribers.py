@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,11 @@ def normalize_address(address: str) -> str:
     return str(result.ascii_email)
 
 
+def link_keys() -> dict[str, str]:
+    """Return a new subscriber's opaque link identifiers (see schema.subscribers)."""
+    return {"public_id": secrets.token_urlsafe(12), "unsubscribe_key": secrets.token_urlsafe(24)}
+
+
 def find(connection: Connection, email: str) -> Row[Any] | None:
     query = select(subscribers).where(subscribers.c.email == email)
     return connection.execute(query).first()
@@ -69,6 +75,7 @@ def add(
         return existing, False
     values: dict[str, Any] = dict(
         email=email, name=name, status=status, source=source, created_at=now, bounce_count=0,
+        **link_keys(),
     )
     if status in STATUS_STAMPS:
         values[STATUS_STAMPS[status]] = now
