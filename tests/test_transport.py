@@ -22,17 +22,18 @@ from postroom.transport import (
     PermanentError,
     SmtpTransport,
     TransientError,
+    as_data,
 )
 
 SENDER = "letters@example.org"
 
 
 def message(to: str, subject: str = "Hello") -> bytes:
-    return (
+    return as_data((
         f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         "Body line.\r\n.starts with a dot\r\n"
-    ).encode()
+    ).encode())
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +24,16 @@ from postroom.build import BuildReport, SiteBuilder
 from postroom.config import Settings, find_config, load_settings
 from postroom.errors import PostroomError, Problem, SubscriberError
 from postroom.logs import setup_logging
-from postroom.newsletter import create_digest, open_database, plan_digest, send_outbox
+from postroom.looplag import LoopLagProbe
+from postroom.newsletter import (
+    create_digest,
+    open_database,
+    plan_digest,
+    send_outbox,
+    sender_processes,
+)
 from postroom.preview import send_test, write_preview
-from postroom.progress import send_progress
+from postroom.progress import file_progress, send_progress
 from postroom.sender import SendStats
 from postroom.sitefolder import create_site
 from postroom.store import reading
@@ -242,8 +251,10 @@ def subscribers_list(ctx: Context, status: str | None) -> None:
 def subscribers_import(ctx: Context, csv_file: Path, status: str) -> None:
     """Import a CSV with an `email` column (optional `name`); bad rows are reported by line."""
     engine = open_database(ctx.settings())
-    text = subscribers.decode_csv(csv_file.read_bytes())
-    report = subscribers.import_csv(engine, str(csv_file), text, _now(), status=status)
+    with (csv_file.open("rb") as stream,
+          file_progress("importing", csv_file.stat().st_size, quiet=ctx.verbosity < 0) as shown):
+        report = subscribers.import_csv(engine, str(csv_file), stream, _now(), status=status,
+                                        on_progress=shown)
     print_problems(report.problems)
     ctx.say(f"{report.added} added, {report.unchanged} already subscribed, "
             f"{report.kept_status} unsubscribed/bounced left as they are, "
@@ -293,8 +304,10 @@ def digest_preview(ctx: Context, address: str, output: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send and record nothing.")
 @click.option("--to", "address", default=None,
               help="Send the next digest to this address only (a test send; not recorded).")
+@click.option("--json", "as_json", is_flag=True,
+              help="End with a JSON summary line (counts, seconds, event-loop lag).")
 @common_options
-def digest_send(ctx: Context, dry_run: bool, address: str | None) -> None:
+def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool) -> None:
     """Create the next digest if anything is new, then send every pending delivery."""
     settings = ctx.settings()
     engine = open_database(settings)
@@ -314,17 +327,39 @@ def digest_send(ctx: Context, dry_run: bool, address: str | None) -> None:
             for post in plan.posts:
                 ctx.say(f"  {post.published:%Y-%m-%d}  {post.title}")
         return
-    create_digest(settings, engine, builder, _now())
-    stats = _send_with_progress(settings, engine, ctx)
+    plan = create_digest(settings, engine, builder, _now())
+    if plan.raced:
+        ctx.say("another process created this digest just now; sending what is due")
+    started = time.monotonic()
+    probe = LoopLagProbe()
+    stats = _send_with_progress(settings, engine, ctx, probe)
     ctx.say(f"sent {stats.sent}, failed {stats.failed}, retried {stats.retried}"
             + (f", bounced {stats.bounced}" if stats.bounced else ""))
+    if as_json:
+        lag = probe.percentile(0.99)
+        click.echo(json.dumps({
+            "sent": stats.sent, "failed": stats.failed, "retried": stats.retried,
+            "bounced": stats.bounced, "seconds": round(time.monotonic() - started, 3),
+            "processes": sender_processes(settings),
+            "loop_lag_p99_ms": None if lag is None else round(lag * 1000, 2),
+        }))
     sys.exit(EXIT_PROBLEMS if stats.failed else EXIT_OK)
 
 
-def _send_with_progress(settings: Settings, engine: Any, ctx: Context) -> SendStats:
+def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
+                        probe: LoopLagProbe | None = None) -> SendStats:
     pending = sum(d["pending"] + d["sending"] for d in outbox.status(engine))
+
+    async def send(on_finish: Callable[[SendStats], None]) -> SendStats:
+        probing = asyncio.create_task(probe.run()) if probe else None
+        try:
+            return await send_outbox(settings, engine, _now, on_finish=on_finish)
+        finally:
+            if probing:
+                probing.cancel()
+
     with send_progress(pending, quiet=ctx.verbosity < 0) as on_finish:
-        return asyncio.run(send_outbox(settings, engine, _now, on_finish=on_finish))
+        return asyncio.run(send(on_finish))
 
 
 @digest.command("status")

@@ -207,6 +207,10 @@ class SmtpSettings(Section):
     backoff_max: float = Field(default=3600.0, gt=0, strict=False)
     # `digest send` waits in-process for retries due within this many seconds.
     retry_wait: float = Field(default=120.0, ge=0, strict=False)
+    # A sender holds the deliveries it claimed this long; a dead sender's come back after.
+    lease_seconds: float = Field(default=300.0, ge=10, strict=False)
+    # Sending processes (each with `concurrency` connections); 0 means one per CPU core.
+    processes: int = Field(default=1, ge=0, le=64)
 
 
 class WebSettings(Section):

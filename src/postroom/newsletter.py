@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,11 +16,11 @@ from postroom import outbox
 from postroom.build import SiteBuilder
 from postroom.config import Settings
 from postroom.digest import DigestPost, compose_digest, new_posts, window_start
-from postroom.sender import DigestMessages, Sender, SendStats
-from postroom.store import migrate, open_engine, reading, secret_key, sender_lock
+from postroom.sender import MessageFactory, Sender, SenderHealth, SendStats
+from postroom.senderpool import MIN_DUE_PER_PROCESS, SenderProcesses
+from postroom.store import migrate, open_engine, reading
 from postroom.templates import template_environment
-from postroom.tokens import Tokens
-from postroom.transport import MaildirTransport, SmtpTransport, Transport
+from postroom.transport import Transport, make_transport
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ def open_database(settings: Settings) -> Engine:
     return engine
 
 
-def make_transport(settings: Settings) -> Transport:
-    if settings.mail.transport == "smtp":
-        return SmtpTransport(settings.smtp)
-    return MaildirTransport(settings.maildir)
 
 
 @dataclass
@@ -47,6 +45,9 @@ class DigestPlan:
     digest_id: int | None = None
     recipients: int = 0
     problems: list[str] = field(default_factory=list)
+    previous_cutoff: datetime | None = None
+    # Set when another process created this window's digest between planning and creation.
+    raced: bool = False
 
 
 def plan_digest(
@@ -61,7 +62,8 @@ def plan_digest(
     since, zone = settings.digest.since, settings.site.zone
     floor = window_start(None, seen_at, since, zone)
     with reading(engine) as connection:
-        start = window_start(outbox.last_cutoff(connection), seen_at, since, zone)
+        previous = outbox.last_cutoff(connection)
+        start = window_start(previous, seen_at, since, zone)
         sent = outbox.already_sent(connection)
         late = outbox.first_seen_after(connection, start)
     fresh = [p for p in published
@@ -69,7 +71,8 @@ def plan_digest(
     rendered = [builder.rendered(p) for p in fresh]
     slugs = {p.entry_id(host): p.slug for p in fresh}
     posts = new_posts(rendered, slugs, start, now, sent, late, floor)
-    return DigestPlan(posts, start, now, problems=[str(p) for p in scan.problems])
+    return DigestPlan(posts, start, now, problems=[str(p) for p in scan.problems],
+                      previous_cutoff=previous)
 
 
 def create_digest(settings: Settings, engine: Engine, builder: SiteBuilder,
@@ -81,31 +84,75 @@ def create_digest(settings: Settings, engine: Engine, builder: SiteBuilder,
         return plan
     environment = template_environment(settings.templates_dir)
     plan.subject = compose_digest(environment, settings, plan.posts).subject
-    plan.digest_id, plan.recipients = outbox.create_digest(
-        engine, plan.posts, plan.subject, plan.start, plan.cutoff, now)
+    try:
+        plan.digest_id, plan.recipients = outbox.create_digest(
+            engine, plan.posts, plan.subject, plan.start, plan.cutoff, now,
+            plan.previous_cutoff, settings.site.host)
+    except outbox.DigestExists:
+        plan.raced = True
+        log.info("the digest of the window since %s was created by another process just now: "
+                 "not creating a second one", f"{plan.start:%Y-%m-%d %H:%M %Z}")
+        return plan
     log.info("digest %s created with %d post(s) for %d subscriber(s)",
              plan.digest_id, len(plan.posts), plan.recipients)
     return plan
 
 
-def digest_messages(settings: Settings, engine: Engine) -> DigestMessages:
-    environment = template_environment(settings.templates_dir)
-    return DigestMessages(engine, settings, environment, Tokens(secret_key(engine)))
+def message_factory(settings: Settings, engine: Engine) -> MessageFactory:
+    return MessageFactory(engine, settings, template_environment(settings.templates_dir))
+
+
+def sender_processes(settings: Settings) -> int:
+    return settings.smtp.processes or os.cpu_count() or 1
 
 
 async def send_outbox(
     settings: Settings, engine: Engine, now: Callable[[], datetime],
     on_finish: Callable[[SendStats], None] | None = None, wait_for_retries: float | None = None,
     transport: Transport | None = None, stopping: asyncio.Event | None = None,
+    health: SenderHealth | None = None,
 ) -> SendStats:
-    """Send every due delivery under the sender lock, first recovering interrupted ones."""
-    with sender_lock(engine):
-        recovered = outbox.recover_in_flight(engine, now())
-        if recovered:
-            log.warning("%d delivery(ies) were interrupted mid-send; sending them again",
-                        recovered)
-        sender = Sender(engine, settings, transport or make_transport(settings),
-                        digest_messages(settings, engine), clock=now, on_finish=on_finish,
-                        stopping=stopping)
-        wait = settings.smtp.retry_wait if wait_for_retries is None else wait_for_retries
-        return await sender.run(wait_for_retries=wait)
+    """Send every due delivery: this process, and `smtp.processes - 1` helper processes.
+
+    Senders claim disjoint batches under leases, so any number of them (here, in other
+    processes, on other hosts) can share the outbox. Claims left by a killed sender on
+    this host are handed back first.
+    """
+    recovered = await asyncio.to_thread(
+        outbox.release_dead_workers, engine, socket.gethostname(), process_alive, now())
+    if recovered:
+        log.warning("%d delivery(ies) were interrupted mid-send; sending them again", recovered)
+    stopping = stopping or asyncio.Event()
+    wait = settings.smtp.retry_wait if wait_for_retries is None else wait_for_retries
+    helpers = SenderProcesses(settings, wait)
+    if transport is None and sender_processes(settings) > 1:
+        due = await asyncio.to_thread(outbox.count_due, engine, now())
+        helpers.start(min(sender_processes(settings), due // MIN_DUE_PER_PROCESS + 1) - 1)
+    sender = Sender(engine, settings, transport or make_transport(settings),
+                    message_factory(settings, engine), clock=now, on_finish=on_finish,
+                    stopping=stopping, health=health)
+    stop_helpers = asyncio.create_task(_relay_stop(stopping, helpers))
+    try:
+        stats = await sender.run(wait_for_retries=wait)
+    finally:
+        stop_helpers.cancel()
+        stats_of_helpers = await asyncio.to_thread(helpers.join)
+    stats.add(stats_of_helpers)
+    return stats
+
+
+async def _relay_stop(stopping: asyncio.Event, helpers: SenderProcesses) -> None:
+    await stopping.wait()
+    helpers.stop()
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

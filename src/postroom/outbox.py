@@ -1,21 +1,36 @@
 """The outbox: digests and their deliveries in the database, and the retry policy.
 
-A delivery is recorded before it is sent (claimed: status `sending`, attempt counted,
-Message-ID fixed) and after (sent or failed, with the server's reply). A process killed
-between the two leaves it `sending`; the next sender, holding the sender lock, hands those
-back to pending, so only messages in flight at the kill can be sent twice.
+A delivery is written with its Message-ID fixed, recorded before it is sent (claimed in a
+batch: status `sending` under a lease, attempt counted) and after (sent, failed or to
+retry, with the server's reply; outcomes are recorded in batches). A sender killed between
+the two leaves its claims `sending`; they are handed back when their lease expires, or at
+once by the next sender on the same host, which sees the process is gone. So only
+messages handed to the server whose outcome was not yet recorded can be sent twice.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 
+from postroom import subscribers as subscribers_rules
 from postroom.digest import DigestPost
 from postroom.schema import deliveries, digest_posts, digests, seen_posts, subscribers
 from postroom.store import get_meta, reading, set_meta
@@ -79,51 +94,95 @@ def already_sent(connection: Connection) -> set[str]:
     return {value for row in rows for value in row}
 
 
+class DigestExists(Exception):
+    """Another process created the digest of this window first."""
+
+
 def create_digest(
     engine: Engine, posts: Sequence[DigestPost], subject: str, start: datetime, cutoff: datetime,
-    now: datetime,
+    now: datetime, previous_cutoff: datetime | None, host: str,
 ) -> tuple[int, int]:
     """Write a digest, its frozen posts and a delivery per active subscriber, atomically.
 
-    Returns (digest id, recipients). The deliveries are written by one INSERT … SELECT, so
-    a list of any size costs one statement, not a row per round trip.
+    Returns (digest id, recipients), or raises DigestExists when the window's digest was
+    created since it was planned: the previous cutoff is checked again inside this write
+    transaction, and the window's unique key stops a racer that checked at the same time.
+    The deliveries are written by one INSERT … SELECT, with their fixed Message-ID and
+    the recipient's link, so a list of any size costs one statement.
     """
-    with engine.begin() as connection:
-        inserted = connection.execute(
-            insert(digests).values(
-                created_at=now, window_start=start, cutoff=cutoff, subject=subject, recipients=0
+    try:
+        with engine.begin() as connection:
+            if last_cutoff(connection) != previous_cutoff:
+                raise DigestExists(start)
+            digest_id = _insert_digest(connection, posts, subject, start, cutoff, now)
+            recipients = _insert_deliveries(connection, digest_id, now, host)
+            connection.execute(
+                update(digests).where(digests.c.id == digest_id).values(recipients=recipients)
             )
-        ).inserted_primary_key
-        assert inserted is not None
-        digest_id = inserted[0]
-        connection.execute(
-            insert(digest_posts),
-            [
-                dict(
-                    digest_id=digest_id, position=i, entry_id=p.entry_id, slug=p.slug,
-                    title=p.title, url=p.url, summary=p.summary, published_at=p.published,
-                )
-                for i, p in enumerate(posts)
-            ],
+    except IntegrityError as err:
+        raise DigestExists(start) from err
+    return digest_id, recipients
+
+
+def window_key(start: datetime) -> str:
+    return start.astimezone(UTC).isoformat()
+
+
+def _insert_digest(
+    connection: Connection, posts: Sequence[DigestPost], subject: str, start: datetime,
+    cutoff: datetime, now: datetime,
+) -> int:
+    inserted = connection.execute(
+        insert(digests).values(
+            created_at=now, window_start=start, cutoff=cutoff, subject=subject, recipients=0,
+            window_key=window_key(start),
         )
-        active = select(
-            literal(digest_id), subscribers.c.id, subscribers.c.email, literal("pending"),
-            literal(0), literal(now, type_=deliveries.c.next_attempt_at.type),
-        ).where(subscribers.c.status == "active")
-        connection.execute(
-            insert(deliveries).from_select(
-                ["digest_id", "subscriber_id", "email", "status", "attempts", "next_attempt_at"],
-                active,
+    ).inserted_primary_key
+    assert inserted is not None
+    digest_id = int(inserted[0])
+    connection.execute(
+        insert(digest_posts),
+        [
+            dict(
+                digest_id=digest_id, position=i, entry_id=p.entry_id, slug=p.slug,
+                title=p.title, url=p.url, summary=p.summary, published_at=p.published,
             )
+            for i, p in enumerate(posts)
+        ],
+    )
+    return digest_id
+
+
+def _insert_deliveries(connection: Connection, digest_id: int, now: datetime, host: str) -> int:
+    prefix = f"<postroom.{now:%Y%m%d%H%M%S}.{digest_id}."
+    active = select(
+        literal("digest"), literal(digest_id), subscribers.c.id, subscribers.c.email,
+        literal("pending"), literal(0), literal(now, type_=deliveries.c.next_attempt_at.type),
+        literal(prefix) + cast(subscribers.c.id, String) + literal(f"@{host}>"),
+        subscribers.c.public_id + literal(".") + subscribers.c.unsubscribe_key,
+    ).where(subscribers.c.status == "active")
+    connection.execute(
+        insert(deliveries).from_select(
+            ["kind", "digest_id", "subscriber_id", "email", "status", "attempts",
+             "next_attempt_at", "message_id", "unsubscribe_token"],
+            active,
         )
-        # Counted, not read from rowcount: psycopg's is -1 for an INSERT … SELECT by then.
-        recipients = connection.execute(
-            select(func.count()).select_from(deliveries).where(deliveries.c.digest_id == digest_id)
-        ).scalar_one()
-        connection.execute(
-            update(digests).where(digests.c.id == digest_id).values(recipients=recipients)
-        )
-    return int(digest_id), int(recipients)
+    )
+    # Counted, not read from rowcount: psycopg's is -1 for an INSERT … SELECT by then.
+    return int(connection.execute(
+        select(func.count()).select_from(deliveries).where(deliveries.c.digest_id == digest_id)
+    ).scalar_one())
+
+
+def enqueue_confirmation(
+    connection: Connection, subscriber_id: int, email: str, token: str, message_id: str,
+    now: datetime,
+) -> None:
+    """Queue a confirmation email in the caller's transaction: it is sent like a digest."""
+    connection.execute(insert(deliveries).values(
+        kind="confirm", subscriber_id=subscriber_id, email=email, status="pending",
+        attempts=0, next_attempt_at=now, message_id=message_id, payload=token,
+    ))
 
 
 def digest_posts_of(connection: Connection, digest_id: int) -> list[DigestPost]:
@@ -136,73 +195,171 @@ def digest_posts_of(connection: Connection, digest_id: int) -> list[DigestPost]:
     ]
 
 
-def recover_in_flight(engine: Engine, now: datetime) -> int:
-    """Hand deliveries left `sending` by a dead process back to pending; return how many.
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery a sender holds under lease, with everything needed to send it."""
 
-    Only call this while holding the sender lock: then nobody else is sending them.
+    id: int
+    kind: str
+    digest_id: int | None
+    subscriber_id: int
+    email: str
+    message_id: str
+    unsubscribe_token: str | None
+    payload: str | None
+    attempts: int  # counting this one
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed delivery: sent, retry (at `at`) or failed."""
+
+    delivery_id: int
+    status: str
+    reply: str
+    at: datetime
+    bounced_subscriber: int | None = None
+
+
+def claim_batch(
+    engine: Engine, worker: str, now: datetime, lease: timedelta, limit: int
+) -> list[Claimed]:
+    """Claim up to `limit` due deliveries for `worker` in one statement; return them.
+
+    Claimed deliveries are `sending` under a lease until `now + lease`; one whose lease
+    ran out (its sender died or hung) is due again, for any sender. On PostgreSQL, SKIP
+    LOCKED lets concurrent senders claim disjoint batches without waiting on each other;
+    SQLite serialises writers, which gives the same guarantee.
     """
+    due_ids = (
+        select(deliveries.c.id)
+        .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
+        .order_by(deliveries.c.id).limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            update(deliveries)
+            .where(deliveries.c.status == "sending", deliveries.c.lease_until < now)
+            .values(status="pending", claimed_by=None, lease_until=None,
+                    last_reply="lease expired: its sender stopped or stalled mid-send")
+        )
+        rows = connection.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(due_ids.scalar_subquery()))
+            .values(status="sending", claimed_by=worker, claimed_at=now,
+                    lease_until=now + lease, attempts=deliveries.c.attempts + 1)
+            .returning(deliveries.c.id, deliveries.c.kind, deliveries.c.digest_id,
+                       deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.message_id,
+                       deliveries.c.unsubscribe_token, deliveries.c.payload,
+                       deliveries.c.attempts)
+        ).all()
+    claimed = [Claimed(**row._mapping, lease_until=now + lease) for row in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+def record_outcomes(engine: Engine, worker: str, outcomes: Sequence[Outcome],
+                    bounce_after: int) -> list[int]:
+    """Record a batch of outcomes in one transaction; return subscribers now bounced.
+
+    Only this worker's claims are touched: a delivery whose lease expired and that
+    another sender claimed since belongs to that sender now.
+    """
+    mine = (deliveries.c.id == bindparam("b_id"), deliveries.c.claimed_by == worker,
+            deliveries.c.status == "sending")
+    released = dict(claimed_by=None, lease_until=None)
+    statements = {
+        "sent": update(deliveries).where(*mine).values(
+            status="sent", sent_at=bindparam("b_at"), last_reply=bindparam("b_reply"),
+            **released),
+        "retry": update(deliveries).where(*mine).values(
+            status="pending", next_attempt_at=bindparam("b_at"),
+            last_reply=bindparam("b_reply"), **released),
+        "failed": update(deliveries).where(*mine).values(
+            status="failed", last_reply=bindparam("b_reply"), **released),
+    }
+    bounced: list[int] = []
+    with engine.begin() as connection:
+        for status, statement in statements.items():
+            rows = [{"b_id": o.delivery_id, "b_at": o.at, "b_reply": o.reply[:1000]}
+                    for o in outcomes if o.status == status]
+            if rows:
+                connection.execute(statement, rows)
+        for outcome in outcomes:
+            if outcome.bounced_subscriber is not None and subscribers_rules.record_bounce(
+                connection, outcome.bounced_subscriber, outcome.at, bounce_after
+            ):
+                bounced.append(outcome.bounced_subscriber)
+    return bounced
+
+
+def release(engine: Engine, worker: str, delivery_ids: Sequence[int], now: datetime) -> None:
+    """Hand claimed deliveries that were never handed to the server back, uncounted."""
+    if not delivery_ids:
+        return
+    with engine.begin() as connection:
+        connection.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(delivery_ids), deliveries.c.claimed_by == worker,
+                   deliveries.c.status == "sending")
+            .values(status="pending", claimed_by=None, lease_until=None, next_attempt_at=now,
+                    attempts=deliveries.c.attempts - 1)
+        )
+
+
+def release_dead_workers(engine: Engine, host: str, is_alive: Callable[[int], bool],
+                         now: datetime) -> int:
+    """Hand back the claims of senders on this host whose process is gone; return how many.
+
+    Without this a killed `digest send` would leave its claims until their lease ran out;
+    senders on other hosts are left to their leases. Worker names are `host:pid:nonce`.
+    """
+    with reading(engine) as connection:
+        workers = connection.execute(
+            select(deliveries.c.claimed_by).distinct()
+            .where(deliveries.c.status == "sending",
+                   deliveries.c.claimed_by.like(f"{host}:%"))
+        ).scalars().all()
+    dead = [w for w in workers if not is_alive(_pid_of(w))]
+    if not dead:
+        return 0
     with engine.begin() as connection:
         result = connection.execute(
             update(deliveries)
-            .where(deliveries.c.status == "sending")
-            .values(status="pending", next_attempt_at=now, claimed_by=None,
+            .where(deliveries.c.status == "sending", deliveries.c.claimed_by.in_(dead))
+            .values(status="pending", next_attempt_at=now, claimed_by=None, lease_until=None,
                     last_reply="interrupted: the sending process stopped mid-send")
         )
     return int(result.rowcount)
 
 
-def due(engine: Engine, now: datetime, after_id: int, limit: int) -> Sequence[Any]:
-    """Return up to `limit` pending deliveries due now with id > after_id, in id order."""
-    query = (
-        select(deliveries.c.id, deliveries.c.digest_id, deliveries.c.subscriber_id,
-               deliveries.c.email, deliveries.c.attempts)
-        .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now,
-               deliveries.c.id > after_id)
-        .order_by(deliveries.c.id)
-        .limit(limit)
-    )
+def _pid_of(worker: str) -> int:
+    try:
+        return int(worker.split(":")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def count_due(engine: Engine, now: datetime) -> int:
+    """Return how many pending deliveries are due now."""
     with reading(engine) as connection:
-        return connection.execute(query).all()
+        return int(connection.execute(
+            select(func.count()).select_from(deliveries)
+            .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
+        ).scalar_one())
 
 
 def next_due(engine: Engine) -> datetime | None:
-    """Return when the earliest pending delivery is due (None: nothing pending)."""
+    """Return when the next delivery is due: a pending one, or an expired lease."""
     with reading(engine) as connection:
-        return connection.execute(
+        pending = connection.execute(
             select(func.min(deliveries.c.next_attempt_at)).where(deliveries.c.status == "pending")
         ).scalar()
-
-
-def claim(engine: Engine, delivery_id: int, worker: str, message_id: str, now: datetime) -> bool:
-    """Mark a delivery as being sent by `worker`; False if someone else has it already."""
-    with engine.begin() as connection:
-        result = connection.execute(
-            update(deliveries)
-            .where(deliveries.c.id == delivery_id, deliveries.c.status == "pending")
-            .values(status="sending", claimed_by=worker, claimed_at=now, message_id=message_id,
-                    attempts=deliveries.c.attempts + 1)
-        )
-    return result.rowcount == 1
-
-
-def mark_sent(engine: Engine, delivery_id: int, reply: str, now: datetime) -> None:
-    _finish(engine, delivery_id, status="sent", sent_at=now, last_reply=reply)
-
-
-def mark_failed(engine: Engine, delivery_id: int, reply: str) -> None:
-    _finish(engine, delivery_id, status="failed", last_reply=reply)
-
-
-def mark_retry(engine: Engine, delivery_id: int, reply: str, at: datetime) -> None:
-    _finish(engine, delivery_id, status="pending", next_attempt_at=at, last_reply=reply)
-
-
-def _finish(engine: Engine, delivery_id: int, **values: Any) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            update(deliveries).where(deliveries.c.id == delivery_id)
-            .values(claimed_by=None, **values)
-        )
+        leased = connection.execute(
+            select(func.min(deliveries.c.lease_until)).where(deliveries.c.status == "sending")
+        ).scalar()
+    return min((t for t in (pending, leased) if t is not None), default=None)
 
 
 def retry_failed(engine: Engine, now: datetime, digest_id: int | None = None) -> int:

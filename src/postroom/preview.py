@@ -12,10 +12,11 @@ from sqlalchemy import Engine
 from postroom.config import Settings
 from postroom.digest import compose_digest
 from postroom.message import PreparedMessage
-from postroom.newsletter import DigestPlan, make_transport
+from postroom.newsletter import DigestPlan
 from postroom.output import write_atomic
 from postroom.subscribers import normalize_address
 from postroom.templates import template_environment
+from postroom.transport import make_transport
 
 PREVIEW_LINK = "/unsubscribe/preview-link-does-nothing"
 
@@ -54,11 +55,11 @@ async def send_test(
     """Send the next digest to one address through the configured transport; record nothing."""
     email = normalize_address(address)
     link = settings.public_url + PREVIEW_LINK
-    raw = _prepared(settings, plan).for_recipient(
+    data = _prepared(settings, plan).for_wire(
         email, f"<test.{now:%Y%m%d%H%M%S}@{settings.site.host}>", now, link, (link,))
     connection = await make_transport(settings).connect()
     try:
         sender = settings.mail.return_path or settings.mail.from_address
-        return await connection.send(sender, email, raw)
+        return await connection.send(sender, email, data)
     finally:
         await connection.close()

@@ -1,86 +1,137 @@
-"""Sending the outbox: a pool of workers, each keeping one connection open for many messages."""
+"""Sending the outbox: batched claims, one connection per worker, outcomes recorded in batches.
+
+Everything here runs on one event loop; what blocks (the database, rendering a digest's
+templates) runs in threads through `asyncio.to_thread`. The loop owns the queue, the
+statistics and the health record: only coroutines of this module change them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from jinja2 import Environment
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from postroom import outbox, subscribers
+from postroom import outbox
 from postroom.config import Settings
-from postroom.digest import compose_digest
+from postroom.digest import compose_confirmation, compose_digest
 from postroom.message import PreparedMessage
+from postroom.outbox import Claimed, Outcome
 from postroom.schema import digests
 from postroom.store import reading
-from postroom.tokens import Tokens
 from postroom.transport import Connection, PermanentError, TransientError, Transport
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-BATCH = 500
+T = TypeVar("T")
+
+# Measured (bench/delivery.py): a claim of a few hundred rows costs about what one row did,
+# and a flush every 100 ms or 200 outcomes keeps commits (each an fsync) off the hot path
+# while bounding what a kill can make us send twice (see README, "How delivery…").
+CLAIM_MAX = 500
+FLUSH_EVERY = 200
+FLUSH_SECONDS = 0.1
+DB_RETRY_MAX = 30.0
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def worker_name() -> str:
+    """Return a name for this sender, unique across hosts, processes and runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 @dataclass
 class SendStats:
+    """What a send did; changed only on the sender's event loop."""
+
     sent: int = 0
     failed: int = 0
     retried: int = 0
     bounced: int = 0
+    interrupted: int = 0
 
     @property
     def finished(self) -> int:
         return self.sent + self.failed
 
+    def add(self, other: SendStats) -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retried += other.retried
+        self.bounced += other.bounced
+        self.interrupted += other.interrupted
 
-class DigestMessages:
-    """Per-recipient message bytes for any digest, composing each digest once."""
 
-    def __init__(self, engine: Engine, settings: Settings, environment: Environment,
-                 tokens: Tokens) -> None:
-        self.engine, self.settings, self.environment, self.tokens = (
-            engine, settings, environment, tokens)
-        self._prepared: dict[int, tuple[PreparedMessage, str]] = {}
+@dataclass
+class SenderHealth:
+    """Whether the sender can reach its database; /healthz reports it. Loop-owned."""
 
-    def message_id(self, digest_id: int, subscriber_id: int) -> str:
-        """Return the delivery's Message-ID: the same on every attempt, so a duplicate sent
-        after a crash is recognisable as one by the receiving side."""
-        _, stamp = self._digest(digest_id)
-        return f"<postroom.{stamp}.{digest_id}.{subscriber_id}@{self.settings.site.host}>"
+    last_error: str | None = None
+    failing_since: datetime | None = None
 
-    def unsubscribe_url(self, subscriber_id: int) -> str:
-        return f"{self.settings.public_url}/unsubscribe/{self.tokens.unsubscribe(subscriber_id)}"
+    def failed(self, error: str, now: datetime) -> bool:
+        """Record a failure; return True if it starts a failure episode (log it once)."""
+        first = self.failing_since is None
+        self.last_error, self.failing_since = error, self.failing_since or now
+        return first
 
-    def render(self, delivery: Row[Any], message_id: str, now: datetime) -> bytes:
-        prepared, _ = self._digest(delivery.digest_id)
-        link = self.unsubscribe_url(delivery.subscriber_id)
-        urls = [link]
-        if self.settings.mail.unsubscribe_mailto:
-            urls.append(f"mailto:{self.settings.mail.unsubscribe_mailto}?subject=unsubscribe")
-        return prepared.for_recipient(delivery.email, message_id, now, link, tuple(urls))
+    def recovered(self) -> bool:
+        was_failing = self.failing_since is not None
+        self.failing_since = None
+        return was_failing
 
-    def _digest(self, digest_id: int) -> tuple[PreparedMessage, str]:
-        if digest_id not in self._prepared:
-            with reading(self.engine) as connection:
-                created = connection.execute(
-                    select(digests.c.created_at).where(digests.c.id == digest_id)
-                ).scalar_one()
-                posts = outbox.digest_posts_of(connection, digest_id)
-            prepared = compose_digest(self.environment, self.settings, posts)
-            self._prepared[digest_id] = (prepared, f"{created:%Y%m%d%H%M%S}")
-        return self._prepared[digest_id]
+
+class MessageFactory:
+    """Wire bytes for any claimed delivery; each digest's message is composed once."""
+
+    def __init__(self, engine: Engine, settings: Settings, environment: Environment) -> None:
+        self.engine, self.settings, self.environment = engine, settings, environment
+        self._digests: dict[int, PreparedMessage] = {}
+        self._confirmation: PreparedMessage | None = None
+        mailto = settings.mail.unsubscribe_mailto
+        self._mailto = (f"mailto:{mailto}?subject=unsubscribe",) if mailto else ()
+
+    async def load(self, claimed: list[Claimed]) -> None:
+        """Compose, in a thread, the messages of any digest not seen before."""
+        missing = {c.digest_id for c in claimed if c.digest_id is not None} - self._digests.keys()
+        for digest_id in sorted(missing):
+            self._digests[digest_id] = await asyncio.to_thread(self._compose_blocking, digest_id)
+        if self._confirmation is None and any(c.kind == "confirm" for c in claimed):
+            days = self.settings.web.confirm_expiry_days
+            self._confirmation = await asyncio.to_thread(
+                compose_confirmation, self.environment, self.settings, "", days)
+
+    def _compose_blocking(self, digest_id: int) -> PreparedMessage:
+        with reading(self.engine) as connection:
+            connection.execute(select(digests.c.id).where(digests.c.id == digest_id)).scalar_one()
+            posts = outbox.digest_posts_of(connection, digest_id)
+        return compose_digest(self.environment, self.settings, posts)
+
+    def wire(self, claimed: Claimed, now: datetime) -> bytes:
+        """Return one delivery's message as SMTP DATA (see MessageTemplate)."""
+        base = self.settings.public_url
+        if claimed.kind == "confirm":
+            assert self._confirmation is not None
+            link = f"{base}/confirm/{claimed.payload}"
+            return self._confirmation.for_wire(claimed.email, claimed.message_id, now, link)
+        assert claimed.digest_id is not None
+        link = f"{base}/unsubscribe/{claimed.unsubscribe_token}"
+        return self._digests[claimed.digest_id].for_wire(
+            claimed.email, claimed.message_id, now, link, (link, *self._mailto))
 
 
 class RateLimiter:
@@ -101,13 +152,76 @@ class RateLimiter:
         await asyncio.sleep(slot - now)
 
 
+class OutcomeRecorder:
+    """Records outcomes in batches: one transaction per FLUSH_EVERY outcomes or FLUSH_SECONDS.
+
+    A database error is logged once per episode and the batch kept and tried again with
+    backoff, so the sender resumes by itself when the database is writable again.
+    """
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.pending: list[Outcome] = []
+        self.wake = asyncio.Event()
+        self.closing = False
+
+    def add(self, outcome: Outcome) -> None:
+        self.pending.append(outcome)
+        if len(self.pending) >= FLUSH_EVERY:
+            self.wake.set()
+
+    async def run(self) -> None:
+        """Flush until closed, then flush what is left."""
+        while not (self.closing and not self.pending):
+            if not self.closing:
+                with _suppress_timeout():
+                    await asyncio.wait_for(self.wake.wait(), FLUSH_SECONDS)
+            self.wake.clear()
+            if self.pending:
+                await self.flush()
+
+    async def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        sender = self.sender
+        settings = sender.settings
+        try:
+            bounced = await sender.with_database(
+                "record outcomes", outbox.record_outcomes, sender.engine, sender.worker,
+                batch, settings.mail.bounce_after)
+        except SenderStopped:  # the leases hand these back to a later sender
+            sender.unrecorded += len(batch)
+            return
+        sender.stats.bounced += len(bounced)
+        if bounced:
+            log.warning("marked %d subscriber(s) bounced", len(bounced))
+        if sender.on_finish:
+            sender.on_finish(sender.stats)
+
+    def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+
+
+class SenderStopped(Exception):
+    """Stopping was asked for while the database kept failing."""
+
+
+class _suppress_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> bool:
+        return kind is TimeoutError
+
+
 class Sender:
-    """Moves due deliveries from pending to sent or failed, recording each step."""
+    """Moves due deliveries from pending to sent, failed or a later retry."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, transport: Transport, messages: DigestMessages,
-        clock: Clock = utc_now, on_finish: Callable[[SendStats], None] | None = None,
-        stopping: asyncio.Event | None = None,
+        self, engine: Engine, settings: Settings, transport: Transport,
+        messages: MessageFactory, clock: Clock = utc_now,
+        on_finish: Callable[[SendStats], None] | None = None,
+        stopping: asyncio.Event | None = None, health: SenderHealth | None = None,
     ) -> None:
         self.engine, self.settings, self.transport, self.messages = (
             engine, settings, transport, messages)
@@ -115,124 +229,204 @@ class Sender:
         smtp = settings.smtp
         self.policy = outbox.RetryPolicy(smtp.max_attempts, smtp.backoff_base, smtp.backoff_max)
         self.limiter = RateLimiter(smtp.rate_limit)
-        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.lease = timedelta(seconds=smtp.lease_seconds)
+        # A message is started only if it can finish before its lease runs out.
+        self.send_time = timedelta(seconds=smtp.timeout * 2)
+        self.worker = worker_name()
         self.sender_address = settings.mail.return_path or settings.mail.from_address
         self.stats = SendStats()
+        self.health = health or SenderHealth()
+        self.unrecorded = 0
         # Set from outside (SIGTERM): take no new delivery, finish the ones in flight.
         self.stopping = stopping or asyncio.Event()
+        self.queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+        self.taken = asyncio.Event()
+        self.in_flight: dict[int, Claimed] = {}
+        self.unsent: list[int] = []
+        self.recorder = OutcomeRecorder(self)
+
+    def claim_size(self) -> int:
+        """How many to claim at once: enough to keep every worker busy, but all sendable
+        well within the lease even under a rate limit."""
+        smtp = self.settings.smtp
+        size = min(CLAIM_MAX, smtp.concurrency * 16)
+        if smtp.rate_limit > 0:
+            size = min(size, max(1, int(smtp.rate_limit * smtp.lease_seconds / 4)))
+        return size
 
     async def run(self, wait_for_retries: float = 0.0) -> SendStats:
         """Send every due delivery; wait in-process for retries due within the given seconds."""
-        while True:
-            await self._pass()
-            if self.stopping.is_set():
-                return self.stats
-            upcoming = await asyncio.to_thread(outbox.next_due, self.engine)
-            if upcoming is None:
-                return self.stats
-            delay = (upcoming - self.clock()).total_seconds()
-            if delay > wait_for_retries:
-                return self.stats
-            await asyncio.sleep(max(delay, 0.0))
-
-    async def _pass(self) -> None:
-        concurrency = self.settings.smtp.concurrency
-        queue: asyncio.Queue[Row[Any] | None] = asyncio.Queue(maxsize=concurrency * 4)
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(concurrency)]
+        recorder = self.recorder
+        recording = asyncio.create_task(recorder.run(), name="outcome-recorder")
+        workers = [asyncio.create_task(self._worker(recorder), name=f"smtp-worker-{i}")
+                   for i in range(self.settings.smtp.concurrency)]
         try:
-            await self._produce(queue)
+            await self._claim_until_done(wait_for_retries)
+        except SenderStopped:
+            pass
+        except asyncio.CancelledError:
+            # The grace period is over: stop the sends in flight too (recorded as retries).
+            for worker in workers:
+                worker.cancel()
+            raise
         finally:
             for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
+                self.queue.put_nowait(None)
+            results = await asyncio.gather(*workers, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("a send worker failed: %r", result, exc_info=result)
+            await self._hand_back(recorder)
+            recorder.close()
+            await recording
+        return self.stats
 
-    async def _produce(self, queue: asyncio.Queue[Row[Any] | None]) -> None:
-        last_id = 0
+    async def _claim_until_done(self, wait_for_retries: float) -> None:
+        low_water = self.settings.smtp.concurrency * 2
         while not self.stopping.is_set():
-            batch = await asyncio.to_thread(outbox.due, self.engine, self.clock(), last_id, BATCH)
-            if not batch:
+            if self.queue.qsize() >= low_water:
+                self.taken.clear()
+                await self._until(self.taken.wait())
+                continue
+            claimed: list[Claimed] = await self.with_database(
+                "claim deliveries", outbox.claim_batch, self.engine, self.worker, self.clock(),
+                self.lease, self.claim_size())
+            if claimed:
+                await self.messages.load(claimed)
+                for delivery in claimed:
+                    self.queue.put_nowait(delivery)
+                continue
+            if self.queue.qsize() or self.in_flight:
+                self.taken.clear()
+                await self._until(self.taken.wait(), timeout=FLUSH_SECONDS)
+                continue
+            if self.recorder.pending:  # a retry may be among them: record, then look again
+                await self.recorder.flush()
+                continue
+            if not await self._wait_for_retry(wait_for_retries):
                 return
-            for delivery in batch:
-                await queue.put(delivery)
-            last_id = batch[-1].id
 
-    async def _worker(self, queue: asyncio.Queue[Row[Any] | None]) -> None:
+    async def _wait_for_retry(self, wait_for_retries: float) -> bool:
+        """Sleep until the next retry if it is due soon enough; False: nothing to wait for."""
+        upcoming = await self.with_database("look for retries", outbox.next_due, self.engine)
+        if upcoming is None:
+            return False
+        delay = (upcoming - self.clock()).total_seconds()
+        if delay > wait_for_retries:
+            return False
+        await self._until(asyncio.sleep(max(delay, 0.0)))
+        return True
+
+    async def _until(self, awaitable: Awaitable[object], timeout: float | None = None) -> None:
+        """Await something, but return early when stopping is set."""
+        waiting = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({waiting, stop}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            stop.cancel()
+
+    async def with_database(self, what: str, function: Callable[..., T], *args: Any) -> T:
+        """Run a database call in a thread; on error, log once, back off and try again.
+
+        Raises SenderStopped if stopping is set while the database keeps failing.
+        """
+        delay = 0.2
+        while True:
+            try:
+                result = await asyncio.to_thread(function, *args)
+            except SQLAlchemyError as err:
+                cause = getattr(err, "orig", None) or err
+                if self.health.failed(f"{what}: {cause}", self.clock()):
+                    log.error("sender cannot %s: %s; retrying with backoff", what, cause)
+                if self.stopping.is_set():
+                    raise SenderStopped(what) from err
+                await self._until(asyncio.sleep(delay))
+                delay = min(delay * 2, DB_RETRY_MAX)
+                continue
+            if self.health.recovered():
+                log.info("sender's database is reachable again")
+            return result
+
+    async def _worker(self, recorder: OutcomeRecorder) -> None:
         connection: Connection | None = None
         try:
-            while (delivery := await queue.get()) is not None:
-                if self.stopping.is_set():
-                    continue  # not claimed yet: it stays pending for the next run
-                connection = await self._deliver(delivery, connection)
+            while (claimed := await self.queue.get()) is not None:
+                self.taken.set()
+                if self.stopping.is_set() or claimed.lease_until - self.send_time <= self.clock():
+                    self.unsent.append(claimed.id)  # never handed to the server
+                    continue
+                self.in_flight[claimed.id] = claimed
+                connection, outcome = await self._deliver(claimed, connection)
+                del self.in_flight[claimed.id]
+                self._count(outcome, claimed)
+                recorder.add(outcome)
         finally:
             if connection is not None:
                 await connection.close()
 
     async def _deliver(
-        self, delivery: Row[Any], connection: Connection | None
-    ) -> Connection | None:
-        message_id = self.messages.message_id(delivery.digest_id, delivery.subscriber_id)
+        self, claimed: Claimed, connection: Connection | None
+    ) -> tuple[Connection | None, Outcome]:
         now = self.clock()
-        claimed = await asyncio.to_thread(
-            outbox.claim, self.engine, delivery.id, self.worker_name, message_id, now)
-        if not claimed:
-            return connection
         try:
-            message = self.messages.render(delivery, message_id, now)
+            message = self.messages.wire(claimed, now)
             await self.limiter.wait()
             connection = connection or await self.transport.connect()
-            reply = await connection.send(self.sender_address, delivery.email, message)
-        except asyncio.CancelledError:
-            # Shutdown ran out of grace: hand the delivery back; it may go out twice.
-            outbox.mark_retry(self.engine, delivery.id, "interrupted by shutdown", self.clock())
-            raise
+            reply = await connection.send(self.sender_address, claimed.email, message)
         except TransientError as err:
             if err.reconnect and connection is not None:
                 await connection.close()
                 connection = None
-            await asyncio.to_thread(self._transient, delivery, err.reply)
+            return connection, self._transient(claimed, err.reply)
         except PermanentError as err:
-            await asyncio.to_thread(self._permanent, delivery, err)
+            bounced = claimed.subscriber_id if err.bounce else None
+            return connection, Outcome(claimed.id, "failed", err.reply, self.clock(), bounced)
         except Exception as err:
             # A bug must not stop the other deliveries nor leave this one `sending`: it is
             # retried like a transient failure (and fails for good after max_attempts).
-            log.exception("unexpected error sending digest %s to %s",
-                          delivery.digest_id, delivery.email)
+            log.exception("unexpected error sending %s to %s", claimed.message_id, claimed.email)
             if connection is not None:
                 await connection.close()
-                connection = None
-            await asyncio.to_thread(self._transient, delivery, f"internal error: {err!r}")
-        else:
-            await asyncio.to_thread(outbox.mark_sent, self.engine, delivery.id, reply, self.clock())
+            return None, self._transient(claimed, f"internal error: {err!r}")
+        return connection, Outcome(claimed.id, "sent", reply, self.clock())
+
+    def _transient(self, claimed: Claimed, reply: str) -> Outcome:
+        if claimed.attempts >= self.policy.max_attempts:
+            return Outcome(claimed.id, "failed", reply, self.clock())
+        return Outcome(claimed.id, "retry", reply,
+                       self.clock() + self.policy.delay(claimed.attempts))
+
+    def _count(self, outcome: Outcome, claimed: Claimed) -> None:
+        what = f"{claimed.kind} {claimed.message_id} to {claimed.email}"
+        if outcome.status == "sent":
             self.stats.sent += 1
-            log.debug("sent digest %s to %s: %s", delivery.digest_id, delivery.email, reply)
-        if self.on_finish:
-            self.on_finish(self.stats)
-        return connection
-
-    def _transient(self, delivery: Row[Any], reply: str) -> None:
-        attempts = delivery.attempts + 1
-        if attempts >= self.policy.max_attempts:
-            outbox.mark_failed(self.engine, delivery.id, reply)
+            log.debug("sent %s: %s", what, outcome.reply)
+        elif outcome.status == "failed":
             self.stats.failed += 1
-            log.warning("gave up on digest %s to %s after %d attempts: %s",
-                        delivery.digest_id, delivery.email, attempts, reply)
-            return
-        at = self.clock() + self.policy.delay(attempts)
-        outbox.mark_retry(self.engine, delivery.id, reply, at)
-        self.stats.retried += 1
-        log.info("will retry digest %s to %s at %s: %s",
-                 delivery.digest_id, delivery.email, f"{at:%H:%M:%S}", reply)
+            log.warning("%s failed after %d attempt(s): %s", what, claimed.attempts,
+                        outcome.reply)
+        else:
+            self.stats.retried += 1
+            log.info("will retry %s at %s: %s", what, f"{outcome.at:%H:%M:%S}", outcome.reply)
 
-    def _permanent(self, delivery: Row[Any], err: PermanentError) -> None:
-        outbox.mark_failed(self.engine, delivery.id, err.reply)
-        self.stats.failed += 1
-        log.warning("digest %s to %s failed: %s", delivery.digest_id, delivery.email, err.reply)
-        if err.bounce:
-            with self.engine.begin() as connection:
-                bounced = subscribers.record_bounce(
-                    connection, delivery.subscriber_id, self.clock(),
-                    self.settings.mail.bounce_after,
-                )
-            if bounced:
-                self.stats.bounced += 1
-                log.warning("marked %s bounced", delivery.email)
+    async def _hand_back(self, recorder: OutcomeRecorder) -> None:
+        """Give back what was claimed but not sent; record sends cut short as retries."""
+        while not self.queue.empty():
+            claimed = self.queue.get_nowait()
+            if claimed is not None:
+                self.unsent.append(claimed.id)
+        for claimed in self.in_flight.values():
+            # Cancelled mid-send (grace over): it may have reached the server.
+            self.stats.interrupted += 1
+            recorder.add(Outcome(claimed.id, "retry", "interrupted by shutdown", self.clock()))
+        self.in_flight.clear()
+        if self.unsent:
+            with contextlib.suppress(SenderStopped):
+                await self.with_database("hand back unsent deliveries", outbox.release,
+                                         self.engine, self.worker, list(self.unsent),
+                                         self.clock())
+            self.unsent.clear()
+

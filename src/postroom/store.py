@@ -43,9 +43,10 @@ def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # implicit BEGIN would otherwise defer locking and break BEGIN IMMEDIATE below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # WAL: readers (the web pages) never wait for the sender; NORMAL is durable in WAL.
+        # WAL: readers (the web pages) never wait for the sender. FULL: a commit survives a
+        # power loss (NORMAL may roll the last ones back); batched writes keep it cheap.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -106,13 +107,14 @@ def secret_key(engine: Engine, env: dict[str, str] | None = None) -> str:
     return key
 
 
-LOCK_KEYS = {"sender": 7350012, "daemon": 7350013}
+LOCK_KEYS = {"daemon": 7350013}
 
 
 @contextmanager
-def sender_lock(engine: Engine) -> Iterator[None]:
-    """Hold the database's sender lock: one process sends a database's mail at a time."""
-    with process_lock(engine, "sender", "another postroom process is sending from this database"):
+def daemon_lock(engine: Engine, busy: str = "another postroom daemon is running on this "
+                "database") -> Iterator[None]:
+    """Hold the database's daemon lock: one daemon (or cron pass) schedules its work."""
+    with process_lock(engine, "daemon", busy):
         yield
 
 
@@ -125,8 +127,7 @@ def process_lock(engine: Engine, name: str, busy: str) -> Iterator[None]:
     """
     url = engine.url
     if url.get_backend_name() == "sqlite":
-        suffix = ".lock" if name == "sender" else f".{name}.lock"
-        path = Path(f"{url.database}{suffix}")
+        path = Path(f"{url.database}.{name}.lock")
         with path.open("a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
