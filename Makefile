@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-delivery clean
 
 # Set up, then run postroom's main job on the embedded defaults: the sample posts in posts/,
 # feeds into public/, the digest into the Maildir var/maildir/.
@@ -21,6 +21,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+
+# postroom's digest send against Postfix's smtp-source, both into smtp-sink on 127.0.0.1, and a
+# big subscriber import; writes bench/RESULTS.md. Installs Debian's postfix (unconfigured) if
+# its test tools are missing. BENCH_ARGS=--quick (a minute) or BENCH_ARGS=--full (1,000,000).
+bench-delivery: $(VENV)/.installed
+	$(BIN)/python bench/delivery.py $(BENCH_ARGS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
