@@ -16,6 +16,7 @@ for the page tests that start many small servers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import signal
@@ -34,11 +35,13 @@ from sqlalchemy import Engine, Row, select
 
 from postroom import subscribers
 from postroom.config import Settings, load_settings
-from postroom.newsletter import make_transport, open_database
+from postroom.daemon import send_queued_mail
+from postroom.newsletter import open_database
 from postroom.schema import deliveries, digests
 from postroom.store import get_meta, secret_key, set_meta
 from postroom.templates import template_environment
 from postroom.tokens import Tokens
+from postroom.transport import make_transport
 from postroom.web import create_app
 from postroom.web.state import WebState
 from sites import postroom_command, postroom_env, run_postroom, toml_text, write_post_file
@@ -143,6 +146,8 @@ class AppServer:
         self.state = WebState.create(settings, engine,
                                      template_environment(settings.templates_dir),
                                      secret_key(engine, env={}), make_transport(settings))
+        # As `postroom serve` does: mail the pages queue is sent at once by this server.
+        self.sends = send_queued_mail(self.state, asyncio.Event())
         web = settings.web
         config = uvicorn.Config(
             create_app(self.state), host="127.0.0.1", port=web.port, log_level="warning",

@@ -6,28 +6,33 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
 from postroom import optin, outbox
-from postroom.build import SiteBuilder
+from postroom.build import BuildReport, SiteBuilder
 from postroom.config import Settings, load_settings
-from postroom.errors import PostroomError, StoreError
-from postroom.newsletter import create_digest, make_transport, open_database, send_outbox
+from postroom.errors import PostroomError
+from postroom.looplag import LoopLagProbe
+from postroom.newsletter import create_digest, open_database, send_outbox
 from postroom.schedule import missed_slot, parse_schedule
-from postroom.store import get_meta, process_lock, secret_key, set_meta
+from postroom.sender import SenderHealth
+from postroom.store import daemon_lock, get_meta, secret_key, set_meta
 from postroom.templates import template_environment
+from postroom.transport import make_transport
 from postroom.web import create_app
 from postroom.web.state import Health, WebState
 
 log = logging.getLogger(__name__)
 LAST_DIGEST_KEY = "digest_last_run"
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -45,65 +50,122 @@ class QuietServer(uvicorn.Server):
         return None
 
 
+class SendRunner:
+    """Runs one send at a time on the loop; asked again while sending, it sends once more.
+
+    Owned by the loop. The scheduled job, the web app's "mail was queued" and the digest
+    job all come here, so two sends never overlap inside one daemon.
+    """
+
+    def __init__(self, send: Callable[[], Awaitable[None]]) -> None:
+        self.send = send
+        self.task: asyncio.Task[None] | None = None
+        self.again = False
+        self.closed = False
+
+    def kick(self) -> None:
+        if self.closed:
+            return
+        if self.task is not None and not self.task.done():
+            self.again = True
+            return
+        self.task = asyncio.create_task(self._run(), name="send")
+
+    async def run_now(self) -> None:
+        """Kick, then wait for the send (and any re-run it asked for) to finish."""
+        self.kick()
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    async def _run(self) -> None:
+        while True:
+            self.again = False
+            try:
+                await self.send()
+            except Exception:
+                log.exception("the send failed")
+            if not self.again or self.closed:
+                return
+
+
 class Daemon:
-    """Everything `postroom run` keeps alive; the pieces are rebuilt whole on SIGHUP."""
+    """Everything `postroom run` keeps alive; the pieces are rebuilt whole on SIGHUP.
+
+    Concurrency: the jobs are coroutines on one loop. What blocks runs elsewhere: the site
+    builder (scans, renders, digest planning) only ever in its own single thread, so it is
+    never used by two jobs at once; database calls in worker threads (`asyncio.to_thread`).
+    """
 
     def __init__(self, settings: Settings, config_path: Path | None,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self.config_path, self.clock = config_path, clock
-        self.health = Health()
+        self.health = Health(sender=SenderHealth(), loop_lag=LoopLagProbe())
         self.stopping = asyncio.Event()
-        self.sending: asyncio.Task[Any] | None = None
         self.scheduler: AsyncIOScheduler | None = None
-        self._apply(settings, open_database(settings))
+        self.builder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-builder")
+        self.sends = SendRunner(self._send)
+        self.jobs: set[asyncio.Task[Any]] = set()
+        self.spawned: set[asyncio.Task[None]] = set()
+        self._apply(*self._parts_blocking(settings, open_database(settings)))
         # Without digest.since, the first digest starts when postroom first saw the posts:
         # for a daemon that is its first start, so a post written after it is new.
         outbox.first_seen(self.engine, clock())
 
-    def _apply(self, settings: Settings, engine: Engine) -> None:
+    def _parts_blocking(self, settings: Settings, engine: Engine) -> tuple[Any, ...]:
         """Build the parts that depend on the settings (at start, and on SIGHUP)."""
         trigger = parse_schedule(settings.digest.schedule, settings.site.zone)
         templates = template_environment(settings.templates_dir)
         builder = SiteBuilder(settings)
         web = WebState.create(settings, engine, templates, secret_key(engine),
                               make_transport(settings), self.health)
+        return settings, engine, trigger, builder, web
+
+    def _apply(self, settings: Settings, engine: Engine, trigger: Any, builder: SiteBuilder,
+               web: WebState) -> None:
         # Only once every part is built: a config that fails half-way changes nothing.
+        web.outbox_ready = self.sends.kick
         self.settings, self.engine, self.trigger = settings, engine, trigger
         self.builder, self.web = builder, web
+
+    async def _in_builder_thread(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.builder_thread, function, *args)
 
     # ---- the jobs ---------------------------------------------------------------------
 
     async def rebuild(self) -> None:
         """Rescan the posts; rebuild the feeds if anything changed or a post came due."""
         now = self.clock()
-        report = await asyncio.to_thread(self.builder.build, now)
+        report, upcoming = await self._in_builder_thread(self._build_blocking, self.builder, now)
         self.health.last_build = now
         for problem in report.problems:
             log.warning("post problem: %s", problem)
         if report.written or report.removed:
             log.info("feeds rebuilt: %d published posts, %d file(s) written, %d removed",
                      report.published, len(report.written), len(report.removed))
-        self._schedule_next_publication(now)
-
-    def _schedule_next_publication(self, now: datetime) -> None:
         # A post dated in the future is published at its date, not at the next rescan.
-        scan = self.builder.last_scan
+        if upcoming and self.scheduler is not None and not self.stopping.is_set():
+            self.scheduler.add_job(self._job(self.rebuild), "date", run_date=upcoming,
+                                   id="publish", replace_existing=True)
+
+    @staticmethod
+    def _build_blocking(builder: SiteBuilder, now: datetime) -> tuple[BuildReport, datetime | None]:
+        report = builder.build(now)
+        scan = builder.last_scan
         upcoming = [p.published for p in (scan.posts if scan else [])
                     if not p.draft and p.published > now]
-        if upcoming and self.scheduler is not None:
-            self.scheduler.add_job(self.rebuild, "date", run_date=min(upcoming),
-                                   id="publish", replace_existing=True)
+        return report, min(upcoming, default=None)
 
     async def digest(self) -> None:
         """Create the digest if anything is new, then send it."""
         now = self.clock()
-        plan = await asyncio.to_thread(create_digest, self.settings, self.engine,
-                                       self.builder, now)
+        plan = await self._in_builder_thread(create_digest, self.settings, self.engine,
+                                             self.builder, now)
         # Recorded once the digest exists: a failed creation is tried again after a restart.
         await asyncio.to_thread(self._record_digest_run, now)
         self.health.last_digest = now
         if plan.digest_id is not None:
-            await self.send()
+            await self.sends.run_now()
 
     def _record_digest_run(self, now: datetime) -> None:
         with self.engine.begin() as connection:
@@ -111,16 +173,14 @@ class Daemon:
 
     async def send(self) -> None:
         """Send due deliveries (new ones and retries whose time has come)."""
-        if self.stopping.is_set() or (self.sending and not self.sending.done()):
+        await self.sends.run_now()
+
+    async def _send(self) -> None:
+        if self.stopping.is_set():
             return
-        self.sending = asyncio.current_task()
-        try:
-            stats = await send_outbox(self.settings, self.engine, self.clock,
-                                      wait_for_retries=0.0, stopping=self.stopping,
-                                      transport=self.web.transport)
-        except StoreError as err:
-            log.warning("send skipped: %s", err)
-            return
+        stats = await send_outbox(self.settings, self.engine, self.clock,
+                                  wait_for_retries=0.0, stopping=self.stopping,
+                                  transport=self.web.transport, health=self.health.sender)
         if stats.sent or stats.failed or stats.retried:
             log.info("deliveries: %d sent, %d failed, %d to retry",
                      stats.sent, stats.failed, stats.retried)
@@ -132,9 +192,27 @@ class Daemon:
             log.info("forgot %d subscription request(s) unconfirmed after %d days",
                      removed, days)
 
+    def _job(self, job: Callable[[], Awaitable[None]]
+             ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Wrap a job: tracked while it runs (shutdown waits for it), failures logged once."""
+
+        async def tracked() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.jobs.add(task)
+            try:
+                await job()
+            except Exception:
+                log.exception("the %s job failed; it runs again at its next time", job.__name__)
+            finally:
+                self.jobs.discard(task)
+
+        tracked.__name__ = job.__name__
+        return tracked
+
     # ---- running ----------------------------------------------------------------------
 
-    def digest_is_overdue(self) -> bool:
+    def _digest_is_overdue_blocking(self) -> bool:
         """Whether a digest slot passed while the daemon was down (first start: no)."""
         now = self.clock()
         with self.engine.begin() as connection:
@@ -148,46 +226,67 @@ class Daemon:
         """Do one pass of everything due, then return (for cron)."""
         # The daemon's lock too: a cron pass next to a running daemon must not make a
         # second digest for the same slot.
-        with process_lock(self.engine, "daemon",
-                          "a postroom daemon is running on this database"):
+        with daemon_lock(self.engine, "a postroom daemon is running on this database"):
             await self.rebuild()
-            if self.digest_is_overdue():
+            if await asyncio.to_thread(self._digest_is_overdue_blocking):
                 await self.digest()
             await self.send()
             await self.expire()
+        self.builder_thread.shutdown()
 
     async def run_forever(self) -> None:
-        with process_lock(self.engine, "daemon",
-                          "another postroom daemon is running on this database"):
+        with daemon_lock(self.engine):
             self._install_signals()
+            probing = asyncio.create_task(self.health.loop_lag.run(), name="loop-lag") \
+                if self.health.loop_lag else None
             self.scheduler = self._start_scheduler()
-            overdue = self.digest_is_overdue()
+            overdue = await asyncio.to_thread(self._digest_is_overdue_blocking)
             server = self._server()
-            serving = asyncio.create_task(server.serve())
+            serving = asyncio.create_task(server.serve(), name="web")
             if overdue:
                 log.info("a digest was due while postroom was stopped: running it now")
-                self._overdue = asyncio.create_task(self.digest())
+                self._spawn(self._job(self.digest)(), "overdue-digest")
             await self.stopping.wait()
-            log.info("stopping: no new work; in-flight sends have %.0f s",
-                     self.settings.daemon.shutdown_grace)
-            self.scheduler.shutdown(wait=False)
-            await self._finish_sending()
+            await self._stop_jobs()
             server.should_exit = True
             await serving
+            if probing:
+                probing.cancel()
+        self.builder_thread.shutdown()
         log.info("stopped")
+
+    async def _stop_jobs(self) -> None:
+        """Take no new work; give running jobs (and their sends) the grace period; then
+        cancel what is left, which hands in-flight deliveries back."""
+        grace = self.settings.daemon.shutdown_grace
+        log.info("stopping: no new work; in-flight sends have %.0f s", grace)
+        assert self.scheduler is not None
+        self.scheduler.pause()
+        self.sends.closed = True
+        running = set(self.jobs)
+        if self.sends.task is not None and not self.sends.task.done():
+            running.add(self.sends.task)
+        if running:
+            _done, late = await asyncio.wait(running, timeout=grace)
+            if late:
+                log.warning("grace period over: handing in-flight deliveries back to pending")
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late)
+        self.scheduler.shutdown(wait=False)
 
     def _start_scheduler(self) -> AsyncIOScheduler:
         daemon = self.settings.daemon
         scheduler = AsyncIOScheduler(timezone=self.settings.site.zone)
         defaults = dict(max_instances=1, coalesce=True, misfire_grace_time=None)
         start = self.clock()
-        scheduler.add_job(self.rebuild, "interval", seconds=daemon.scan_interval,
+        scheduler.add_job(self._job(self.rebuild), "interval", seconds=daemon.scan_interval,
                           next_run_time=start, id="rebuild", **defaults)
-        scheduler.add_job(self.digest, self.trigger, id="digest", **defaults)
-        scheduler.add_job(self.send, "interval", seconds=daemon.retry_interval,
+        scheduler.add_job(self._job(self.digest), self.trigger, id="digest", **defaults)
+        scheduler.add_job(self._job(self.send), "interval", seconds=daemon.retry_interval,
                           next_run_time=start + timedelta(seconds=1), id="send", **defaults)
-        scheduler.add_job(self.expire, "interval", hours=1, next_run_time=start, id="expire",
-                          **defaults)
+        scheduler.add_job(self._job(self.expire), "interval", hours=1, next_run_time=start,
+                          id="expire", **defaults)
         scheduler.start()
         self.health.scheduler_running = lambda: scheduler.running
         return scheduler
@@ -202,40 +301,39 @@ class Daemon:
         )
         return QuietServer(config)
 
-    async def _finish_sending(self) -> None:
-        task = self.sending
-        if task is None or task.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.settings.daemon.shutdown_grace)
-        except TimeoutError:
-            log.warning("grace period over: handing in-flight deliveries back to pending")
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: self._spawn(self._job(self.reload)(), "reload"))
 
-    def reload(self) -> None:
+    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        """Start a job outside the scheduler, keeping a reference until it ends."""
+        task = asyncio.create_task(job, name=name)
+        self.spawned.add(task)
+        task.add_done_callback(self.spawned.discard)
+
+    async def reload(self) -> None:
         """SIGHUP: re-read the config and templates; a bad new config keeps the old one."""
         try:
-            settings = load_settings(self.config_path)
-            engine = self.engine if settings.database_url == self.settings.database_url \
-                else open_database(settings)
-            self._apply(settings, engine)
+            parts = await asyncio.to_thread(self._reload_blocking)
         except PostroomError as err:
             log.error("reload failed, keeping the running configuration: %s", err)
             return
+        self._apply(*parts)
         assert self.scheduler is not None
         self.scheduler.reschedule_job("digest", trigger=self.trigger)
         # The running app reads its state per request, so swapping it is enough.
         self._app.state.postroom = self.web
         log.info("configuration and templates reloaded from %s",
                  self.config_path or "built-in defaults")
+
+    def _reload_blocking(self) -> tuple[Any, ...]:
+        settings = load_settings(self.config_path)
+        engine = self.engine if settings.database_url == self.settings.database_url \
+            else open_database(settings)
+        return self._parts_blocking(settings, engine)
 
 
 def run(settings: Settings, config_path: Path | None, once: bool) -> None:
@@ -252,8 +350,23 @@ def run(settings: Settings, config_path: Path | None, once: bool) -> None:
 
 
 
+def send_queued_mail(state: WebState, stopping: asyncio.Event) -> SendRunner:
+    """Wire a web app without a daemon so the mail its pages queue is sent at once."""
+
+    async def send() -> None:
+        await send_outbox(state.settings, state.engine, utc_now, wait_for_retries=0.0,
+                          stopping=stopping, transport=state.transport)
+
+    sends = SendRunner(send)
+    state.outbox_ready = sends.kick
+    return sends
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve the web app alone (feeds and pages); the feeds are whatever `build` wrote."""
+    """Serve the web app alone (feeds and pages); the feeds are whatever `build` wrote.
+
+    Mail the pages queue (confirmations) is sent from here too, as soon as it is queued.
+    """
     engine = open_database(settings)
     state = WebState.create(settings, engine, template_environment(settings.templates_dir),
                             secret_key(engine), make_transport(settings))
@@ -265,10 +378,20 @@ def serve(settings: Settings, host: str, port: int) -> None:
     ))
 
     async def main() -> None:
+        stopping = asyncio.Event()
+        sends = send_queued_mail(state, stopping)
         # Our own handlers, so SIGTERM is a clean stop with exit code 0.
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-        await server.serve()
+            loop.add_signal_handler(signum, stopping.set)
+        serving = asyncio.create_task(server.serve(), name="web")
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait({serving, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.set()
+        sends.closed = True
+        if sends.task is not None:
+            await asyncio.wait({sends.task}, timeout=settings.daemon.shutdown_grace)
+        server.should_exit = True
+        await serving
 
     asyncio.run(main())

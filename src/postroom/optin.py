@@ -6,13 +6,16 @@ web pages built on them cannot reveal who is subscribed.
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, select
+from sqlalchemy import Engine, and_, delete, insert, select
 
 from postroom import subscribers
 from postroom.schema import deliveries
 from postroom.schema import subscribers as subscribers_table
+from postroom.store import reading
 
 
 def version_of(moment: datetime) -> int:
@@ -33,6 +36,47 @@ def request_subscription(
     if row.status == "active":
         return None
     return int(row.id), version_of(row.status_changed_at)
+
+
+def request_and_queue_confirmation(
+    engine: Engine, email: str, now: datetime, source: str, host: str,
+    make_token: Callable[[int, str, int], str],
+) -> bool:
+    """Record a request to subscribe and queue its confirmation email, in one transaction.
+
+    Returns whether a confirmation was queued (an active address needs none). The email
+    goes through the outbox, so a refusal or a restart cannot lose it.
+    """
+    with engine.begin() as connection:
+        row, _created = subscribers.add(connection, email, now, status="pending", source=source)
+        if row.status == "active":
+            return False
+        version = version_of(row.status_changed_at)
+        token = make_token(int(row.id), email, version)
+        message_id = f"<confirm.{row.public_id}.{version}@{host}>"
+        connection.execute(insert(deliveries).values(
+            kind="confirm", subscriber_id=row.id, email=email, status="pending", attempts=0,
+            next_attempt_at=now, message_id=message_id, payload=token,
+        ))
+    return True
+
+
+def subscriber_of_link(engine: Engine, token: str) -> int | None:
+    """Return the subscriber an unsubscribe link `<public_id>.<key>` names, or None.
+
+    The key is compared in constant time, so response times say nothing about it.
+    """
+    public_id, dot, key = token.partition(".")
+    if not dot or not public_id or not key or len(token) > 100:
+        return None
+    with reading(engine) as connection:
+        row = connection.execute(
+            select(subscribers_table.c.id, subscribers_table.c.unsubscribe_key)
+            .where(subscribers_table.c.public_id == public_id)
+        ).first()
+    if row is None or not hmac.compare_digest(row.unsubscribe_key.encode(), key.encode()):
+        return None
+    return int(row.id)
 
 
 def confirm(engine: Engine, subscriber_id: int, email: str, version: int, now: datetime) -> str:

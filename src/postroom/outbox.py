@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -174,17 +175,6 @@ def _insert_deliveries(connection: Connection, digest_id: int, now: datetime, ho
     ).scalar_one())
 
 
-def enqueue_confirmation(
-    connection: Connection, subscriber_id: int, email: str, token: str, message_id: str,
-    now: datetime,
-) -> None:
-    """Queue a confirmation email in the caller's transaction: it is sent like a digest."""
-    connection.execute(insert(deliveries).values(
-        kind="confirm", subscriber_id=subscriber_id, email=email, status="pending",
-        attempts=0, next_attempt_at=now, message_id=message_id, payload=token,
-    ))
-
-
 def digest_posts_of(connection: Connection, digest_id: int) -> list[DigestPost]:
     rows = connection.execute(
         select(digest_posts).where(digest_posts.c.digest_id == digest_id)
@@ -241,7 +231,9 @@ def claim_batch(
     with engine.begin() as connection:
         connection.execute(
             update(deliveries)
-            .where(deliveries.c.status == "sending", deliveries.c.lease_until < now)
+            # No lease: left `sending` by a sender from before leases (revision 0001).
+            .where(deliveries.c.status == "sending",
+                   or_(deliveries.c.lease_until < now, deliveries.c.lease_until.is_(None)))
             .values(status="pending", claimed_by=None, lease_until=None,
                     last_reply="lease expired: its sender stopped or stalled mid-send")
         )

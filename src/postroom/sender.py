@@ -101,7 +101,8 @@ class MessageFactory:
     def __init__(self, engine: Engine, settings: Settings, environment: Environment) -> None:
         self.engine, self.settings, self.environment = engine, settings, environment
         self._digests: dict[int, PreparedMessage] = {}
-        self._confirmation: PreparedMessage | None = None
+        # Confirmations name their recipient in the text: one message each (they are few).
+        self._confirmations: dict[int, PreparedMessage] = {}
         mailto = settings.mail.unsubscribe_mailto
         self._mailto = (f"mailto:{mailto}?subject=unsubscribe",) if mailto else ()
 
@@ -110,10 +111,11 @@ class MessageFactory:
         missing = {c.digest_id for c in claimed if c.digest_id is not None} - self._digests.keys()
         for digest_id in sorted(missing):
             self._digests[digest_id] = await asyncio.to_thread(self._compose_blocking, digest_id)
-        if self._confirmation is None and any(c.kind == "confirm" for c in claimed):
-            days = self.settings.web.confirm_expiry_days
-            self._confirmation = await asyncio.to_thread(
-                compose_confirmation, self.environment, self.settings, "", days)
+        days = self.settings.web.confirm_expiry_days
+        for delivery in claimed:
+            if delivery.kind == "confirm" and delivery.id not in self._confirmations:
+                self._confirmations[delivery.id] = await asyncio.to_thread(
+                    compose_confirmation, self.environment, self.settings, delivery.email, days)
 
     def _compose_blocking(self, digest_id: int) -> PreparedMessage:
         with reading(self.engine) as connection:
@@ -125,9 +127,9 @@ class MessageFactory:
         """Return one delivery's message as SMTP DATA (see MessageTemplate)."""
         base = self.settings.public_url
         if claimed.kind == "confirm":
-            assert self._confirmation is not None
             link = f"{base}/confirm/{claimed.payload}"
-            return self._confirmation.for_wire(claimed.email, claimed.message_id, now, link)
+            return self._confirmations.pop(claimed.id).for_wire(
+                claimed.email, claimed.message_id, now, link)
         assert claimed.digest_id is not None
         link = f"{base}/unsubscribe/{claimed.unsubscribe_token}"
         return self._digests[claimed.digest_id].for_wire(
@@ -260,18 +262,21 @@ class Sender:
         recording = asyncio.create_task(recorder.run(), name="outcome-recorder")
         workers = [asyncio.create_task(self._worker(recorder), name=f"smtp-worker-{i}")
                    for i in range(self.settings.smtp.concurrency)]
+        cancelled = False
         try:
             await self._claim_until_done(wait_for_retries)
+            for _ in workers:
+                self.queue.put_nowait(None)
+            await asyncio.gather(*workers)
         except SenderStopped:
             pass
         except asyncio.CancelledError:
-            # The grace period is over: stop the sends in flight too (recorded as retries).
+            # The grace period is over: the sends in flight are cut short, and recorded as
+            # retries below (they may have reached the server: the documented duplicates).
+            cancelled = True
+        finally:
             for worker in workers:
                 worker.cancel()
-            raise
-        finally:
-            for _ in workers:
-                self.queue.put_nowait(None)
             results = await asyncio.gather(*workers, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
@@ -279,6 +284,8 @@ class Sender:
             await self._hand_back(recorder)
             recorder.close()
             await recording
+        if cancelled:
+            raise asyncio.CancelledError
         return self.stats
 
     async def _claim_until_done(self, wait_for_retries: float) -> None:
@@ -359,7 +366,13 @@ class Sender:
                     self.unsent.append(claimed.id)  # never handed to the server
                     continue
                 self.in_flight[claimed.id] = claimed
-                connection, outcome = await self._deliver(claimed, connection)
+                try:
+                    connection, outcome = await self._deliver(claimed, connection)
+                except asyncio.CancelledError:
+                    if connection is not None:
+                        connection.abort()  # no polite QUIT: the server may be the problem
+                        connection = None
+                    raise
                 del self.in_flight[claimed.id]
                 self._count(outcome, claimed)
                 recorder.add(outcome)
@@ -400,7 +413,7 @@ class Sender:
                        self.clock() + self.policy.delay(claimed.attempts))
 
     def _count(self, outcome: Outcome, claimed: Claimed) -> None:
-        what = f"{claimed.kind} {claimed.message_id} to {claimed.email}"
+        what = f"{claimed.kind} {claimed.digest_id or claimed.message_id} to {claimed.email}"
         if outcome.status == "sent":
             self.stats.sent += 1
             log.debug("sent %s: %s", what, outcome.reply)

@@ -48,6 +48,9 @@ class Connection(Protocol):
 
     async def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Drop the connection at once, without a goodbye."""
+
 
 class Transport(Protocol):
     async def connect(self) -> Connection: ...
@@ -82,6 +85,9 @@ class _MaildirConnection:
         return f"250 stored as {key}"
 
     async def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
         return None
 
 
@@ -193,6 +199,9 @@ class _SmtpConnection:
         if self.transport.is_closing():
             raise ConnectionResetError("the server closed the connection")
         self.transport.write(data)
+
+    def abort(self) -> None:
+        self.transport.abort()
 
     async def close(self) -> None:
         if self.transport.is_closing():

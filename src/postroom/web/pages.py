@@ -15,11 +15,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from postroom import optin
-from postroom.digest import compose_confirmation
 from postroom.errors import SubscriberError
 from postroom.subscribers import normalize_address
 from postroom.tokens import ExpiredToken, InvalidToken
-from postroom.transport import DeliveryError
 from postroom.web.csrf import COOKIE
 from postroom.web.limits import retry_after
 from postroom.web.state import WebState
@@ -133,29 +131,23 @@ def _done(state: WebState, response: Response, raw: str) -> Response:
 
 
 async def _record_and_confirm(state: WebState, email: str) -> None:
-    now = state.clock()
-    pending = await asyncio.to_thread(optin.request_subscription, state.engine, email, now, "web")
-    if pending is None:
+    queued = await asyncio.to_thread(
+        optin.request_and_queue_confirmation, state.engine, email, state.clock(), "web",
+        state.settings.site.host, state.tokens.confirm)
+    if not queued:
         log.info("subscribe request for an active address: nothing to send")
         return
-    subscriber_id, version = pending
-    token = state.tokens.confirm(subscriber_id, email, version)
-    link = f"{state.settings.public_url}/confirm/{token}"
-    prepared = compose_confirmation(state.templates, state.settings, email,
-                                    state.settings.web.confirm_expiry_days)
-    message_id = f"<confirm.{subscriber_id}.{version}@{state.settings.site.host}>"
-    raw = prepared.for_recipient(email, message_id, now, link)
-    sender = state.settings.mail.return_path or state.settings.mail.from_address
-    try:
-        connection = await state.transport.connect()
-        try:
-            await connection.send(sender, email, raw)
-        finally:
-            await connection.close()
-    except DeliveryError as err:
-        log.warning("confirmation to %s not sent: %s", email, err.reply)
-        return
-    log.info("confirmation sent to %s (subscriber %d)", email, subscriber_id)
+    log.info("confirmation to %s queued", email)
+    state.outbox_ready()
+
+
+async def _subscriber_of(state: WebState, token: str) -> int:
+    """Return the subscriber an unsubscribe link names; InvalidToken if it names none."""
+    found = await asyncio.to_thread(optin.subscriber_of_link, state.engine, token)
+    if found is not None:
+        return found
+    # Links in emails sent before opaque links existed carry a signed subscriber id.
+    return state.tokens.read_unsubscribe(token)
 
 
 async def confirm(request: Request) -> Response:
@@ -190,7 +182,7 @@ def _invalid_link(state: WebState) -> Response:
 async def unsubscribe_page(request: Request) -> Response:
     state = state_of(request)
     try:
-        state.tokens.read_unsubscribe(request.path_params["token"])
+        await _subscriber_of(state, request.path_params["token"])
     except InvalidToken:
         return _invalid_link(state)
     html = state.page("unsubscribe.html", action=str(request.url))
@@ -201,7 +193,7 @@ async def unsubscribe(request: Request) -> Response:
     """POST: the page's button, or RFC 8058 one-click from a mail client (no cookie, no step)."""
     state = state_of(request)
     try:
-        subscriber_id = state.tokens.read_unsubscribe(request.path_params["token"])
+        subscriber_id = await _subscriber_of(state, request.path_params["token"])
     except InvalidToken:
         return _invalid_link(state)
     body = (await request.body())[:1000].decode("utf-8", "replace")
@@ -224,10 +216,19 @@ async def snippet(request: Request) -> Response:
 
 def health_payload(state: WebState, database_ok: bool) -> dict[str, Any]:
     running = state.health.scheduler_running
+    sender = state.health.sender
+    sender_ok = sender is None or sender.failing_since is None
+    healthy = database_ok and sender_ok and (running is None or running())
+    lag = state.health.loop_lag.percentile(0.99) if state.health.loop_lag else None
     return {
-        "status": "ok" if database_ok and (running is None or running()) else "degraded",
+        "status": "ok" if healthy else "degraded",
         "database": database_ok,
         "scheduler": None if running is None else running(),
+        "sender": None if sender is None else {
+            "ok": sender_ok, "last_error": sender.last_error,
+            "failing_since": sender.failing_since.isoformat() if sender.failing_since else None,
+        },
+        "loop_lag_p99_ms": None if lag is None else round(lag * 1000, 2),
         "last_build": state.health.last_build.isoformat() if state.health.last_build else None,
         "last_digest": state.health.last_digest.isoformat() if state.health.last_digest else None,
     }

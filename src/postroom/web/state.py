@@ -11,6 +11,8 @@ from jinja2 import Environment
 from sqlalchemy import Engine
 
 from postroom.config import Settings
+from postroom.looplag import LoopLagProbe
+from postroom.sender import SenderHealth
 from postroom.templates import render
 from postroom.tokens import Tokens
 from postroom.transport import Transport
@@ -26,6 +28,8 @@ class Health:
     scheduler_running: Callable[[], bool] | None = None
     last_build: datetime | None = None
     last_digest: datetime | None = None
+    sender: SenderHealth | None = None
+    loop_lag: LoopLagProbe | None = None
 
 
 @dataclass
@@ -41,6 +45,8 @@ class WebState:
     per_email: SlidingWindow
     health: Health = field(default_factory=Health)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Called (on the loop) when mail was queued in the outbox: the owner sends it soon.
+    outbox_ready: Callable[[], None] = lambda: None
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine, templates: Environment, secret: str,
