@@ -1,4 +1,4 @@
-"""The database: migrations, SQLite tuning, the secret key and the sender lock, on real databases.
+"""The database: migrations, SQLite tuning, the secret key and the daemon lock, on real databases.
 
 The PostgreSQL tests run against the server on 127.0.0.1:5432 in a database of their own,
 created and dropped here; they are skipped only when no server answers there.
@@ -15,6 +15,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,11 @@ from postroom.schema import deliveries, digests, meta, metadata
 from postroom.store import (
     MIGRATIONS,
     SECRET_ENV,
+    daemon_lock,
     get_meta,
     migrate,
     open_engine,
     secret_key,
-    sender_lock,
     set_meta,
 )
 
@@ -97,6 +98,102 @@ def test_migrating_again_is_harmless(engine: Engine) -> None:
         assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
 
 
+def at(text_time: str) -> str:
+    """A naive UTC time as SQLAlchemy stores a DateTime (what revision 0001 wrote)."""
+    return f"2025-{text_time}:00.000000"
+
+
+def fill_a_0001_database(engine: Engine) -> None:
+    """Migrate to revision 0001 and write what an older postroom would have written there:
+    subscribers without link keys, two digests of one window (an old race could do that),
+    and deliveries pending, sent, failed and left `sending` by a sender on another host.
+    Rows get ids 1, 2, 3… in the order written (no explicit ids: PostgreSQL's sequences
+    would not know of them)."""
+    migrate(engine, "0001")
+    assert alembic_version(engine) == "0001"
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO subscribers (email, status, source, created_at, status_changed_at, "
+            "bounce_count) VALUES (:email, :status, 'cli', :at, :at, 0)"
+        ), [
+            {"email": "a@example.org", "status": "active", "at": at("02-01 09:00")},
+            {"email": "b@example.org", "status": "active", "at": at("02-01 09:00")},
+            {"email": "c@example.org", "status": "unsubscribed", "at": at("02-01 09:00")},
+        ])
+        connection.execute(text(
+            "INSERT INTO digests (created_at, window_start, cutoff, subject, recipients) "
+            "VALUES (:cutoff, :start, :cutoff, :subject, 2)"
+        ), [
+            {"start": at("02-22 09:00"), "cutoff": at("03-01 09:00"), "subject": "one"},
+            {"start": at("02-22 09:00"), "cutoff": at("03-01 09:01"), "subject": "one, again"},
+            {"start": at("03-01 09:01"), "cutoff": at("03-08 09:00"), "subject": "two"},
+        ])
+        connection.execute(text(
+            "INSERT INTO deliveries (digest_id, subscriber_id, email, status, attempts, "
+            "next_attempt_at, claimed_by) VALUES (:digest, :subscriber, :email, :status, "
+            ":attempts, :at, :claimed_by)"
+        ), [
+            dict(digest=digest, subscriber=subscriber, email=email, status=status,
+                 attempts=attempts, at=at("03-01 09:00"), claimed_by=claimed_by)
+            for digest, subscriber, email, status, attempts, claimed_by in [
+                (1, 1, "a@example.org", "sent", 1, None),  # delivery 1
+                (1, 2, "b@example.org", "pending", 0, None),
+                (2, 1, "a@example.org", "pending", 0, None),
+                (2, 2, "b@example.org", "sending", 1, "old-host:4242"),
+                (3, 1, "a@example.org", "failed", 5, None),
+                (3, 2, "b@example.org", "pending", 2, None),  # delivery 6
+            ]
+        ])
+
+
+def check_the_upgrade_from_0001(engine: Engine) -> None:
+    """Upgrade a database filled by fill_a_0001_database to head and check what it holds."""
+    migrate(engine)
+    assert alembic_version(engine) == HEAD
+    assert schema_differences(engine) == []
+    with engine.connect() as connection:
+        people = {row.id: row for row in connection.execute(text("SELECT * FROM subscribers"))}
+        rows = {row.id: row for row in connection.execute(text("SELECT * FROM deliveries"))}
+        keys = dict(connection.execute(text("SELECT id, window_key FROM digests")).all())
+    # Every subscriber gets link keys of its own.
+    assert len({p.public_id for p in people.values()}) == 3
+    assert len({p.unsubscribe_key for p in people.values()}) == 3
+    assert all(p.public_id and len(p.unsubscribe_key) >= 24 for p in people.values())
+    # Deliveries still to send carry their recipient's new link; finished ones need none.
+    for row in rows.values():
+        link = people[row.subscriber_id]
+        expected = (f"{link.public_id}.{link.unsubscribe_key}"
+                    if row.status in ("pending", "sending") else None)
+        assert row.unsubscribe_token == expected, row
+        assert (row.kind, row.lease_until) == ("digest", None)
+    # Of the two digests of one window, the first keeps the window's key.
+    assert keys[1] is not None and keys[3] is not None and keys[1] != keys[3]
+    assert keys[2] is None
+    # The new code works on the upgraded data: the next digest, and claims.
+    with engine.connect() as connection:
+        previous = outbox.last_cutoff(connection)
+    assert previous == datetime(2025, 3, 8, 9, 0, tzinfo=UTC)
+    post = DigestPost("tag:x,2025-03-10:/posts/new", "new", "New", "https://x/new", "",
+                      datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
+    now = datetime(2025, 3, 15, 9, 0, tzinfo=UTC)
+    digest_id, recipients = outbox.create_digest(engine, [post], "three", previous, now, now,
+                                                 previous, "x")
+    assert recipients == 2
+    claimed = outbox.claim_batch(engine, "host:1:new", now, timedelta(minutes=5), 100)
+    # Delivery 4, left `sending` by an old sender, has no lease; its sender's host is not
+    # ours, so only a lease could hand it back: one without a lease counts as expired.
+    assert sorted(c.id for c in claimed if c.digest_id != digest_id) == [2, 3, 4, 6]
+
+
+def test_a_0001_sqlite_database_upgrades_with_link_keys_tokens_and_window_keys(
+    db_path: Path,
+) -> None:
+    engine = open_engine(f"sqlite:///{db_path}")
+    fill_a_0001_database(engine)
+    check_the_upgrade_from_0001(engine)
+    engine.dispose()
+
+
 def test_a_broken_database_file_is_a_store_error(tmp_path: Path) -> None:
     path = tmp_path / "not-a-database.db"
     path.write_bytes(b"this is not SQLite" * 100)
@@ -137,7 +234,7 @@ def test_deleting_a_digest_deletes_its_deliveries(engine: Engine) -> None:
     with engine.begin() as connection:
         subscribers.add(connection, "a@example.org", T0)
     post = DigestPost("tag:x,2025-03-01:/posts/a", "a", "A", "https://x/a", "", T0)
-    digest_id, _ = outbox.create_digest(engine, [post], "A", T0, T0, T0)
+    digest_id, _ = outbox.create_digest(engine, [post], "A", T0, T0, T0, None, "x")
     with engine.begin() as connection:
         connection.execute(digests.delete().where(digests.c.id == digest_id))
         assert connection.execute(select(deliveries)).all() == []
@@ -176,14 +273,14 @@ def test_each_database_has_its_own_secret_key(tmp_path: Path) -> None:
     assert keys[0] != keys[1]
 
 
-# ---- the sender lock -----------------------------------------------------------------------
+# ---- the daemon lock -----------------------------------------------------------------------
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from postroom.store import open_engine, sender_lock
+    from postroom.store import open_engine, daemon_lock
     engine = open_engine(sys.argv[1])
-    with sender_lock(engine):
+    with daemon_lock(engine):
         print("locked", flush=True)
         time.sleep(120)
     """
@@ -191,7 +288,7 @@ HOLDER = textwrap.dedent(
 
 
 def start_holder(url: str) -> subprocess.Popen[str]:
-    """Start a process that takes the sender lock and keeps it; return once it holds it."""
+    """Start a process that takes the daemon lock and keeps it; return once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -213,11 +310,11 @@ def kill_hard(process: subprocess.Popen[str]) -> None:
 
 
 def take_lock_within(engine: Engine, seconds: float) -> None:
-    """Take and release the sender lock, retrying for a while (a server may notice late)."""
+    """Take and release the daemon lock, retrying for a while (a server may notice late)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with sender_lock(engine):
+            with daemon_lock(engine):
                 return
         except StoreError:
             if time.monotonic() > deadline:
@@ -225,44 +322,44 @@ def take_lock_within(engine: Engine, seconds: float) -> None:
             time.sleep(0.05)
 
 
-def test_the_sender_lock_refuses_a_second_holder(engine: Engine, db_path: Path) -> None:
+def test_the_daemon_lock_refuses_a_second_holder(engine: Engine, db_path: Path) -> None:
     # Two engines on one file, as two processes would have; flock also treats two opens of
     # the lock file in one process as two holders.
     other = open_engine(f"sqlite:///{db_path}")
-    with sender_lock(engine):
+    with daemon_lock(engine):
         with (
-            pytest.raises(StoreError, match="another postroom process is sending"),
-            sender_lock(other),
+            pytest.raises(StoreError, match="another postroom daemon"),
+            daemon_lock(other),
         ):
-            pytest.fail("two holders of the sender lock")
-        with pytest.raises(StoreError), sender_lock(engine):
+            pytest.fail("two holders of the daemon lock")
+        with pytest.raises(StoreError), daemon_lock(engine):
             pytest.fail("the same engine took the lock twice")
-    with sender_lock(other):
+    with daemon_lock(other):
         pass
     other.dispose()
 
 
-def test_the_sender_lock_is_released_when_the_body_raises(engine: Engine) -> None:
-    with pytest.raises(RuntimeError), sender_lock(engine):
+def test_the_daemon_lock_is_released_when_the_body_raises(engine: Engine) -> None:
+    with pytest.raises(RuntimeError), daemon_lock(engine):
         raise RuntimeError("the send failed")
-    with sender_lock(engine):
+    with daemon_lock(engine):
         pass
 
 
-def test_the_sender_lock_holds_across_processes_and_dies_with_its_holder(
+def test_the_daemon_lock_holds_across_processes_and_dies_with_its_holder(
     engine: Engine, db_path: Path
 ) -> None:
     holder = start_holder(f"sqlite:///{db_path}")
     try:
         with (
-            pytest.raises(StoreError, match=r"postroom\.db\.lock: another postroom process"),
-            sender_lock(engine),
+            pytest.raises(StoreError, match=r"postroom\.db\.daemon\.lock: another postroom daemon"),
+            daemon_lock(engine),
         ):
             pytest.fail("took the lock another process holds")
     finally:
         kill_hard(holder)
     # The kernel drops the flock with the process: no stale lock after a SIGKILL.
-    with sender_lock(engine):
+    with daemon_lock(engine):
         pass
 
 
@@ -288,9 +385,10 @@ def _pg_admin() -> tuple[str, Any]:
     pytest.skip(f"no PostgreSQL server answers on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})")
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL to a fresh, uniquely named PostgreSQL database, dropped afterwards."""
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """Yield the URL of a fresh, uniquely named PostgreSQL database, dropped afterwards
+    (test_outbox.py uses it too); skip when no server answers."""
     user, admin = _pg_admin()
     name = f"postroom_test_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
@@ -299,6 +397,13 @@ def pg_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL to a fresh, uniquely named PostgreSQL database, dropped afterwards."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -316,6 +421,13 @@ def test_postgresql_migrations(pg_engine: Engine) -> None:
     assert schema_differences(pg_engine) == []
 
 
+def test_a_0001_postgresql_database_upgrades_with_link_keys_tokens_and_window_keys(
+    pg_engine: Engine,
+) -> None:
+    fill_a_0001_database(pg_engine)
+    check_the_upgrade_from_0001(pg_engine)
+
+
 def test_postgresql_digest_with_deliveries(pg_engine: Engine) -> None:
     migrate(pg_engine)
     with pg_engine.begin() as connection:
@@ -330,7 +442,7 @@ def test_postgresql_digest_with_deliveries(pg_engine: Engine) -> None:
     later = T0 + timedelta(days=3)
 
     digest_id, recipients = outbox.create_digest(pg_engine, posts, "Blog: 2 new posts", T0,
-                                                 later, later)
+                                                 later, later, None, "blog.example.org")
 
     assert recipients == 3
     with pg_engine.connect() as connection:
@@ -345,33 +457,51 @@ def test_postgresql_digest_with_deliveries(pg_engine: Engine) -> None:
     assert [tuple(r) for r in rows] == [
         (f"user{n}@example.org", "pending", 0, later) for n in (0, 1, 4)
     ]
-    first = outbox.due(pg_engine, later, 0, 10)[0]
-    assert outbox.claim(pg_engine, first.id, "w1", "<m1@x>", later)
-    assert not outbox.claim(pg_engine, first.id, "w2", "<m2@x>", later)
-    assert outbox.recover_in_flight(pg_engine, later) == 1
+    assert outbox.next_due(pg_engine) == later
+    # Two senders get disjoint batches; a claim expires into the other sender's hands.
+    lease = timedelta(minutes=5)
+    [first] = outbox.claim_batch(pg_engine, "host:1:a", later, lease, 1)
+    second = outbox.claim_batch(pg_engine, "host:2:b", later, lease, 10)
+    assert first.email == "user0@example.org" and first.attempts == 1
+    assert first.unsubscribe_token and first.message_id
+    assert [c.email for c in second] == ["user1@example.org", "user4@example.org"]
+    assert outbox.claim_batch(pg_engine, "host:2:b", later, lease, 10) == []
+    outbox.record_outcomes(pg_engine, "host:2:b", [
+        outbox.Outcome(second[0].id, "sent", "250 ok", later),
+        outbox.Outcome(second[1].id, "failed", "550 no", later, bounced_subscriber=None),
+    ], bounce_after=3)
+    assert outbox.next_due(pg_engine) == later + lease
+    expired = later + lease + timedelta(seconds=1)
+    [again] = outbox.claim_batch(pg_engine, "host:2:b", expired, lease, 10)
+    assert (again.id, again.attempts) == (first.id, 2)
     [summary] = outbox.status(pg_engine)
-    assert (summary["id"], summary["pending"], summary["sent"]) == (digest_id, 3, 0)
+    assert (summary["id"], summary["pending"], summary["sending"], summary["sent"],
+            summary["failed"]) == (digest_id, 0, 1, 1, 1)
+    outbox.release(pg_engine, "host:2:b", [again.id], expired)
+    assert outbox.count_due(pg_engine, expired) == 1
+    assert outbox.retry_failed(pg_engine, expired, digest_id) == 1
+    assert outbox.count_due(pg_engine, expired) == 2
 
 
-def test_postgresql_sender_lock_refuses_a_second_holder(pg_engine: Engine, pg_url: str) -> None:
+def test_postgresql_daemon_lock_refuses_a_second_holder(pg_engine: Engine, pg_url: str) -> None:
     migrate(pg_engine)
     other = open_engine(pg_url)
     with (
-        sender_lock(pg_engine),
-        pytest.raises(StoreError, match="another postroom process is sending"),
-        sender_lock(other),
+        daemon_lock(pg_engine),
+        pytest.raises(StoreError, match="another postroom daemon"),
+        daemon_lock(other),
     ):
         pytest.fail("two holders of the advisory lock")
-    with sender_lock(other):
+    with daemon_lock(other):
         pass
     other.dispose()
 
 
-def test_postgresql_sender_lock_dies_with_its_holder(pg_engine: Engine, pg_url: str) -> None:
+def test_postgresql_daemon_lock_dies_with_its_holder(pg_engine: Engine, pg_url: str) -> None:
     migrate(pg_engine)
     holder = start_holder(pg_url)
     try:
-        with pytest.raises(StoreError), sender_lock(pg_engine):
+        with pytest.raises(StoreError), daemon_lock(pg_engine):
             pytest.fail("took the advisory lock another process holds")
     finally:
         kill_hard(holder)
