@@ -142,6 +142,7 @@ def fill_a_0001_database(engine: Engine) -> None:
                 (2, 2, "b@example.org", "sending", 1, "old-host:4242"),
                 (3, 1, "a@example.org", "failed", 5, None),
                 (3, 2, "b@example.org", "pending", 2, None),  # delivery 6
+                (3, 3, "c@example.org", "sending", 1, "old-host:4242"),  # delivery 7
             ]
         ])
 
@@ -166,9 +167,12 @@ def check_the_upgrade_from_0001(engine: Engine) -> None:
                     if row.status in ("pending", "sending") else None)
         assert row.unsubscribe_token == expected, row
         assert (row.kind, row.lease_until) == ("digest", None)
-    # Of the two digests of one window, the first keeps the window's key.
+    # Of the two digests of one window, the first keeps the window's key; the second's
+    # readers had the first, so what it still had to send is not sent.
     assert keys[1] is not None and keys[3] is not None and keys[1] != keys[3]
     assert keys[2] is None
+    assert [(rows[i].status, rows[i].last_reply) for i in (3, 4)] == [
+        ("failed", "not sent: a second digest of an earlier digest's window")] * 2
     # The new code works on the upgraded data: the next digest, and claims.
     with engine.connect() as connection:
         previous = outbox.last_cutoff(connection)
@@ -180,9 +184,9 @@ def check_the_upgrade_from_0001(engine: Engine) -> None:
                                                  previous, "x")
     assert recipients == 2
     claimed = outbox.claim_batch(engine, "host:1:new", now, timedelta(minutes=5), 100)
-    # Delivery 4, left `sending` by an old sender, has no lease; its sender's host is not
+    # Delivery 7, left `sending` by an old sender, has no lease; its sender's host is not
     # ours, so only a lease could hand it back: one without a lease counts as expired.
-    assert sorted(c.id for c in claimed if c.digest_id != digest_id) == [2, 3, 4, 6]
+    assert sorted(c.id for c in claimed if c.digest_id != digest_id) == [2, 6, 7]
 
 
 def test_a_0001_sqlite_database_upgrades_with_link_keys_tokens_and_window_keys(

@@ -71,10 +71,24 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to `revision` with Alembic (idempotent)."""
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        with engine.connect() as connection:
+            # SQLite alters a table by copying it: with foreign keys on, dropping the old
+            # copy fails while other tables point at it. The pragma only takes effect
+            # outside a transaction; the check below keeps the promise it suspends.
+            driver: Any = connection.connection.driver_connection
+            if sqlite:
+                driver.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with connection.begin():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+                    if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                        raise StoreError(f"{engine.url!r}: a migration broke a foreign key")
+            finally:
+                if sqlite:
+                    driver.execute("PRAGMA foreign_keys=ON")
     except DatabaseError as err:  # OperationalError, or a file that is not SQLite at all
         raise StoreError(f"cannot migrate the database {engine.url!r}: {err.orig}") from None
 

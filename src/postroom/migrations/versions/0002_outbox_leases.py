@@ -71,6 +71,12 @@ def _backfill_window_keys() -> None:
             seen.add(key)
             bind.execute(sa.text("UPDATE digests SET window_key = :k WHERE id = :i"),
                          {"k": key, "i": digest_id})
+        else:  # its readers have the first digest of the window: send them no second one
+            bind.execute(
+                sa.text("UPDATE deliveries SET status = 'failed', last_reply = :r "
+                        "WHERE digest_id = :i AND status IN ('pending', 'sending')"),
+                {"i": digest_id, "r": "not sent: a second digest of an earlier digest's window"},
+            )
 
 
 def downgrade() -> None:
