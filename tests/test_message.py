@@ -3,6 +3,7 @@ and parsed with the standard `email` package."""
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,11 +22,20 @@ from jinja2 import Environment
 
 from mailserver import MailServer, header_urls
 from mailsite import BASE_URL, FROM_ADDRESS, SITE_TITLE, MailSite
+from postroom import optin
 from postroom.config import Settings, load_settings
 from postroom.digest import DigestPost, compose_digest
-from postroom.message import Envelope, HeaderInjection, PreparedMessage, one_line, prepare
+from postroom.message import (
+    LINK_PLACEHOLDER,
+    Envelope,
+    HeaderInjection,
+    PreparedMessage,
+    one_line,
+    prepare,
+)
 from postroom.posts import clean_text
 from postroom.templates import template_environment
+from postroom.transport import as_data
 
 # Every header a digest carries, and nothing else: an extra one would be an injection.
 DIGEST_HEADERS = {
@@ -135,7 +145,6 @@ def test_digest_has_every_header_and_both_parts(site: MailSite, server: MailServ
     assert (stats.sent, stats.failed) == (2, 0)
     received = server.messages()
     assert sorted(m.rcpt_tos[0] for m in received) == sorted(ids)
-    tokens = site.tokens()
     message_ids = set()
     for accepted in received:
         assert accepted.mail_from == FROM_ADDRESS
@@ -159,7 +168,7 @@ def test_digest_has_every_header_and_both_parts(site: MailSite, server: MailServ
 
         [https] = unsubscribe_urls(message)
         assert https.startswith(f"{BASE_URL}/unsubscribe/")
-        assert tokens.read_unsubscribe(https.rsplit("/", 1)[1]) == ids[recipient]
+        assert optin.subscriber_of_link(site.engine, https.rsplit("/", 1)[1]) == ids[recipient]
 
         text, html = bodies(message)
         found = links_in(html)
@@ -201,7 +210,7 @@ def test_list_unsubscribe_has_mailto_when_configured(tmp_path: Path, server: Mai
     [accepted] = server.messages()
     https, mailto = unsubscribe_urls(accepted.parsed())
     assert https.startswith(f"{BASE_URL}/unsubscribe/"), "RFC 8058: the https URL first"
-    assert site.tokens().read_unsubscribe(https.rsplit("/", 1)[1]) == ids["ann@example.org"]
+    assert optin.subscriber_of_link(site.engine, https.rsplit("/", 1)[1]) == ids["ann@example.org"]
     assert mailto.startswith("mailto:leave@notes.example.org")
 
 
@@ -403,3 +412,89 @@ def test_reply_to_is_written_when_configured() -> None:
     raw = prepare(envelope, "Subject", "text", "<p>html</p>").for_recipient(
         "ann@example.org", "<m@x>", datetime.now(UTC), "https://x/u", ("https://x/u",))
     assert str(parse(raw)["Reply-To"]) == "me@example.org"
+
+
+# ---- the spliced message: built once per digest, a splice per recipient -----------------
+
+SPLICE_TEXT = (
+    "Hello reader. " * 12 + "\n"
+    ".A line that starts with a dot, which SMTP must stuff.\n"
+    "Zoë's café — unicode, and a long line " + "x" * 120 + "\n"
+    f"Unsubscribe: {LINK_PLACEHOLDER}\n"
+)
+SPLICE_HTML = (
+    "<p>" + "Hello <b>reader</b> é. " * 30 + "</p>\n"
+    f'<p><a href="{LINK_PLACEHOLDER}">Unsubscribe</a> or copy {LINK_PLACEHOLDER} here.</p>\n'
+    ".dotted\n"
+)
+
+
+def reference_message(envelope: Envelope, subject: str, to: str, message_id: str,
+                      date: datetime, link: str) -> EmailMessage:
+    """The same message built the slow way: the email package, per recipient, whole."""
+    reference = EmailMessage(policy=policy.SMTP)
+    reference["From"] = f"{envelope.from_name} <{envelope.from_address}>"
+    reference["Subject"] = subject
+    reference["List-Id"] = envelope.list_id
+    reference["To"] = to
+    reference["Date"] = format_datetime(date)
+    reference["Message-ID"] = message_id
+    reference["List-Unsubscribe"] = f"<{link}>"
+    reference["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    reference.set_content(SPLICE_TEXT.replace(LINK_PLACEHOLDER, link), cte="quoted-printable")
+    reference.add_alternative(SPLICE_HTML.replace(LINK_PLACEHOLDER, link), subtype="html",
+                              cte="quoted-printable")
+    return parse(reference.as_bytes())
+
+
+def lines_of(text: str) -> list[str]:
+    return text.splitlines()
+
+
+links = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.",
+                min_size=1, max_size=150).map(lambda t: f"https://notes.example.org/u/{t}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(link=links)
+@example(link="https://notes.example.org/unsubscribe/" + "a" * 38 + "." + "b" * 40)
+@example(link="https://n.org/" + "." * 100)
+def test_a_spliced_message_reads_exactly_as_the_fully_built_reference(link: str) -> None:
+    prepared = prepare(ENVELOPE, "Spliced", SPLICE_TEXT, SPLICE_HTML)
+    date = datetime(2025, 10, 3, 9, 30, tzinfo=UTC)
+    spliced_bytes = prepared.for_recipient("ann@example.org", "<m.1@x>", date, link, (link,))
+    spliced = parse(spliced_bytes)
+    reference = reference_message(ENVELOPE, "Spliced", "ann@example.org", "<m.1@x>", date, link)
+
+    assert not spliced.defects and not any(p.defects for p in spliced.iter_parts())
+    for name in ("From", "Subject", "List-Id", "To", "Date", "Message-ID", "List-Unsubscribe",
+                 "List-Unsubscribe-Post"):
+        assert str(spliced[name]).strip() == str(reference[name]).strip(), name
+    assert [lines_of(p.get_content()) for p in spliced.iter_parts()] == [
+        lines_of(p.get_content()) for p in reference.iter_parts()]
+    # Quoted-printable's line limit holds in the bodies, whatever the link.
+    body = spliced_bytes.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    assert b"\n" not in spliced_bytes.replace(b"\r\n", b"")
+    # On the wire it is exactly the message, dot-stuffed and ended, as any SMTP client would.
+    wire = prepared.for_wire("ann@example.org", "<m.1@x>", date, link, (link,))
+    assert wire == as_data(spliced_bytes)
+
+
+def test_two_recipients_messages_differ_only_in_their_own_values() -> None:
+    prepared = prepare(ENVELOPE, "Spliced", SPLICE_TEXT, SPLICE_HTML)
+    date = datetime(2025, 10, 3, 9, 30, tzinfo=UTC)
+    ann_link = "https://notes.example.org/unsubscribe/AnnPublicId01.AnnSecretKey" + "1" * 20
+    bob_link = "https://notes.example.org/unsubscribe/BobPublicId02.BobSecretKey" + "2" * 20
+    ann = prepared.for_recipient("ann@example.org", "<m.1@x>", date, ann_link, (ann_link,))
+    bob = prepared.for_recipient("bob@example.org", "<m.2@x>", date, bob_link, (bob_link,))
+
+    def qp(value: str) -> bytes:
+        return binascii.b2a_qp(value.encode(), istext=True).replace(b"\n", b"\r\n")
+
+    swapped = (ann.replace(b"ann@example.org", b"bob@example.org")
+               .replace(b"<m.1@x>", b"<m.2@x>")
+               .replace(ann_link.encode(), bob_link.encode())
+               .replace(qp(ann_link), qp(bob_link)))
+    assert swapped == bob
+    assert ann != bob
