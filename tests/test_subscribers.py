@@ -317,6 +317,21 @@ def with_left_and_bounced(engine: Engine) -> None:
     set_status(engine, "bounced@example.org", "bounced", T0 - timedelta(days=5))
 
 
+def import_file(
+    engine: Engine, path: Path, now: datetime, **options: Any
+) -> subscribers.ImportReport:
+    """Import a CSV file as the command does: opened in binary, problems labelled by path."""
+    with path.open("rb") as stream:
+        return subscribers.import_csv(engine, str(path), stream, now, **options)
+
+
+def import_text(
+    engine: Engine, text: str, now: datetime, **options: Any
+) -> subscribers.ImportReport:
+    """Import CSV text (as UTF-8) labelled list.csv."""
+    return subscribers.import_csv(engine, "list.csv", io.BytesIO(text.encode()), now, **options)
+
+
 def check_problems(report: subscribers.ImportReport, label: str) -> None:
     shown = [str(problem) for problem in report.problems]
     assert [problem.line for problem in report.problems] == sorted(BAD_LINES), shown
@@ -332,9 +347,8 @@ def test_import_reports_every_bad_row_and_imports_the_good_ones(
     with_left_and_bounced(engine)
     path = tmp_path / "subscribers.csv"
     path.write_bytes(ENCODINGS[encoding]())
-    text = subscribers.decode_csv(path.read_bytes())
 
-    report = subscribers.import_csv(engine, str(path), text, T0)
+    report = import_file(engine, path, T0)
 
     check_problems(report, str(path))
     assert (report.added, report.unchanged, report.kept_status) == (len(IMPORTED), 0, 2)
@@ -355,11 +369,10 @@ def test_reimporting_the_same_file_changes_nothing(engine: Engine, tmp_path: Pat
     with_left_and_bounced(engine)
     path = tmp_path / "subscribers.csv"
     path.write_bytes(csv_text(";", "\r\n").encode("utf-8-sig"))
-    text = subscribers.decode_csv(path.read_bytes())
-    first = subscribers.import_csv(engine, str(path), text, T0)
+    first = import_file(engine, path, T0)
     rows = all_rows(engine)
 
-    again = subscribers.import_csv(engine, str(path), text, T0 + timedelta(days=1))
+    again = import_file(engine, path, T0 + timedelta(days=1))
 
     assert (again.added, again.unchanged, again.kept_status) == (0, len(IMPORTED), 2)
     assert again.problems == first.problems
@@ -373,38 +386,115 @@ def test_import_never_reactivates_unsubscribed_or_bounced(engine: Engine, tmp_pa
                                                                 "bounced@example.org")}
     text = "email\nGONE@example.org\ngone@EXAMPLE.ORG\nbounced@example.org\n"
     # The local part's case is kept, so GONE@ is another address; gone@EXAMPLE.ORG is gone@.
-    report = subscribers.import_csv(engine, "list.csv", text, T0, status="active")
+    report = import_text(engine, text, T0, status="active")
     assert report.kept_status == 2 and report.added == 1
     for email, row in before.items():
         assert tuple(row_of(engine, email)) == row
 
 
 def test_import_as_pending(engine: Engine) -> None:
-    report = subscribers.import_csv(engine, "list.csv", "email\nnew@example.org\n", T0,
-                                    status="pending")
+    report = import_text(engine, "email\nnew@example.org\n", T0, status="pending")
     assert report.added == 1
     row = row_of(engine, "new@example.org")
     assert (row.status, row.confirmed_at) == ("pending", None)
 
 
 def test_import_without_an_email_column_says_so(engine: Engine) -> None:
-    report = subscribers.import_csv(engine, "list.csv", "name,mail\nA,a@example.org\n", T0)
+    report = import_text(engine, "name,mail\nA,a@example.org\n", T0)
     assert [str(p) for p in report.problems] == ["list.csv:1: header has no 'email' column"]
     assert report.added == 0 and all_rows(engine) == []
 
 
 def test_import_finds_the_email_column_wherever_it_is(engine: Engine) -> None:
     text = 'Name;Notes;" Email "\n"Alice";"likes; semicolons";alice@example.org\n'
-    report = subscribers.import_csv(engine, "list.csv", text, T0)
+    report = import_text(engine, text, T0)
     assert report.problems == [] and report.added == 1
     assert row_of(engine, "alice@example.org").name == "Alice"
 
 
-def test_decode_csv_reads_what_spreadsheets_write() -> None:
-    text = "email,name\r\na@example.org,Zoë\r\n"
-    for raw in (text.encode("utf-8"), text.encode("utf-8-sig"), text.encode("cp1252"),
-                text.encode("utf-16"), b"\xfe\xff" + text.encode("utf-16-be")):
-        assert subscribers.decode_csv(raw) == text, raw
+# ---- imports larger than a batch ---------------------------------------------------------------
+
+BIG_ROWS = 2_500  # lines 2..2501, in 25 batches of 100: lines 2-101, 102-201, ...
+BIG_BATCH = 100
+BIG_BAD = {line: "is not a valid email address" for line in range(250, 2502, 250)}
+# A repeat is reported with the line it repeats, in the same batch or an earlier one.
+BIG_REPEATS = {
+    102: 101,   # across a batch boundary
+    150: 120,   # within one batch
+    1999: 3,    # many batches back...
+    2001: 3,    # ...and again in the same batch, still the first line (domain case differs)
+}
+BIG_BLANK = 600
+BIG_KNOWN = {1234: "bounced@example.org", 1501: "kept@example.org", 2300: "gone@example.org"}
+
+
+def big_file(delimiter: str, newline: str) -> str:
+    """Return a list of BIG_ROWS rows with bad rows, repeats, a blank line and known addresses."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator=newline)
+    writer.writerow(["email", "name"])
+    for line in range(2, BIG_ROWS + 2):
+        if line == BIG_BLANK:
+            out.write(newline)
+        elif line in BIG_BAD:
+            writer.writerow([f"bad{line}@@example.org", "Bad"])
+        elif line in BIG_REPEATS:
+            first = BIG_REPEATS[line]
+            writer.writerow([f"reader{first}@EXAMPLE.org", f"Again {line}"])
+        else:
+            # Names with a delimiter and letters beyond ASCII that cp1252 also has.
+            email = BIG_KNOWN.get(line, f"reader{line}@example.org")
+            writer.writerow([email, f"Zoë Reader; {line}, Ångström"])
+    return out.getvalue()
+
+
+BIG_FILES = {
+    "utf-8, commas": lambda: big_file(",", "\n").encode("utf-8"),
+    "utf-16, tabs, CRLF": lambda: big_file("\t", "\r\n").encode("utf-16"),
+    "cp1252, semicolons, CRLF": lambda: big_file(";", "\r\n").encode("cp1252"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BIG_FILES))
+def test_an_import_of_many_batches_reports_every_bad_row_and_is_idempotent(
+    engine: Engine, tmp_path: Path, kind: str
+) -> None:
+    with_left_and_bounced(engine)
+    add(engine, "kept@example.org", T0 - timedelta(days=3))
+    path = tmp_path / "big.csv"
+    path.write_bytes(BIG_FILES[kind]())
+    read: list[int] = []
+
+    report = import_file(engine, path, T0, batch_size=BIG_BATCH, on_progress=read.append)
+
+    expected = {**BIG_BAD, **{line: f"reader{first}@example.org repeats line {first}"
+                               for line, first in BIG_REPEATS.items()}}
+    assert [p.line for p in report.problems] == sorted(expected)
+    for problem in report.problems:
+        assert str(problem).startswith(f"{path}:{problem.line}: ")
+        assert expected[problem.line] in problem.message, problem
+    added = BIG_ROWS - len(expected) - len(BIG_KNOWN) - 1  # the blank line
+    assert (report.added, report.unchanged, report.kept_status) == (added, 1, 2)
+    assert row_of(engine, "reader2501@example.org").name == "Zoë Reader; 2501, Ångström"
+    assert row_of(engine, "reader3@example.org").name == "Zoë Reader; 3, Ångström"
+    assert row_of(engine, "gone@example.org").status == "unsubscribed"
+    assert row_of(engine, "bounced@example.org").status == "bounced"
+    assert len({row.public_id for row in subscribers.iter_subscribers(engine)}) == added + 3
+    # One call per batch of rows read, the last at the end of the file.
+    assert len(read) == BIG_ROWS // BIG_BATCH and read == sorted(read)
+    assert read[-1] == path.stat().st_size
+    rows = all_rows(engine)
+
+    again = import_file(engine, path, T0 + timedelta(days=1), batch_size=BIG_BATCH)
+
+    assert (again.added, again.unchanged, again.kept_status) == (0, added + 1, 2)
+    assert again.problems == report.problems
+    assert all_rows(engine) == rows
+
+
+def test_an_import_batch_size_must_be_positive(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        import_text(engine, "email\na@example.org\n", T0, batch_size=0)
 
 
 # ---- CSV export --------------------------------------------------------------------------------
@@ -453,14 +543,15 @@ def test_export_neutralises_formulas(engine: Engine) -> None:
     assert "'=cmd|'/Ccalc'!A0@example.org" in cells
 
 
+@pytest.mark.parametrize("batch_size", [subscribers.IMPORT_BATCH, 3])
 def test_an_export_imports_back_identically_into_a_fresh_database(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, batch_size: int
 ) -> None:
     populate_for_export(engine)
     export = exported(engine)
     fresh = make_engine(tmp_path / "fresh.db")
 
-    report = subscribers.import_csv(fresh, "export.csv", export, T0 + timedelta(days=30))
+    report = import_text(fresh, export, T0 + timedelta(days=30), batch_size=batch_size)
 
     assert report.problems == [] and report.added == 8
     assert exported(fresh) == export
@@ -484,7 +575,7 @@ def test_import_reports_a_bad_status_date_or_overlong_cell_by_line(engine: Engin
         "d@example.org,unsubscribed,2025-01-02,D\n"
         f"e@example.org,,,{'E' * 201}\n"
     )
-    report = subscribers.import_csv(engine, "list.csv", text, T0)
+    report = import_text(engine, text, T0)
     assert [str(p) for p in report.problems] == [
         "list.csv:3: status 'deleted' is not one of pending, active, unsubscribed, bounced",
         "list.csv:4: created_at 'yesterday' is not an ISO 8601 date-time",

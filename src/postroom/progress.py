@@ -1,4 +1,4 @@
-"""Progress of a long send: a bar with rate and ETA on a terminal, a status line in logs."""
+"""Progress of a long send or import: a bar with rate and ETA on a terminal; a send also logs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 from postroom.sender import SendStats
@@ -63,3 +65,23 @@ def _status_lines(total: int) -> Callable[[SendStats], None]:
                  stats.sent, total, stats.failed, stats.retried, rate)
 
     return update
+
+
+@contextmanager
+def file_progress(
+    label: str, total_bytes: int, quiet: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """Yield a callback taking the bytes read so far; it draws a bar on a terminal only.
+
+    Without a terminal it says nothing: an import's summary line says it all at the end.
+    """
+    if quiet or total_bytes == 0 or not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    columns = (
+        TextColumn(label), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total_bytes)
+        yield lambda done: bar.update(task, completed=done)

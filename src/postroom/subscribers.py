@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import codecs
 import csv
-import io
+import itertools
 import secrets
-from collections.abc import Iterator, Mapping
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Connection, Engine, Row, func, select
+from sqlalchemy import Connection, Engine, Insert, Row, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from postroom.csvimport import CsvTable
 from postroom.errors import Problem, SubscriberError
 from postroom.schema import subscribers
 from postroom.store import reading
@@ -24,6 +27,7 @@ EXPORT_COLUMNS = (
     "email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at",
 )
 BATCH = 1000
+IMPORT_BATCH = 3000  # rows per transaction of an import
 # The timestamp each status is stamped with when a subscriber moves to it.
 STATUS_STAMPS = {
     "active": "confirmed_at", "unsubscribed": "unsubscribed_at", "bounced": "bounced_at",
@@ -73,18 +77,31 @@ def add(
     existing = find(connection, email)
     if existing is not None:
         return existing, False
+    values = new_subscriber(email, now, status=status, source=source, name=name, stamps=stamps)
+    connection.execute(subscribers.insert().values(**values))
+    row = find(connection, email)
+    assert row is not None
+    return row, True
+
+
+def new_subscriber(
+    email: str, now: datetime, *, status: str, source: str, name: str | None = None,
+    stamps: Mapping[str, datetime] | None = None,
+) -> dict[str, Any]:
+    """Return a new subscriber's row, every column given (so rows insert in batches).
+
+    The status's timestamp is `now` unless `stamps` carries it; each row gets its own
+    link keys, since they are per-subscriber secrets.
+    """
     values: dict[str, Any] = dict(
         email=email, name=name, status=status, source=source, created_at=now, bounce_count=0,
-        **link_keys(),
+        confirmed_at=None, unsubscribed_at=None, bounced_at=None, **link_keys(),
     )
     if status in STATUS_STAMPS:
         values[STATUS_STAMPS[status]] = now
     values.update(stamps or {})
     values["status_changed_at"] = values.get(STATUS_STAMPS.get(status, "created_at"), now)
-    connection.execute(subscribers.insert().values(**values))
-    row = find(connection, email)
-    assert row is not None
-    return row, True
+    return values
 
 
 def set_status(connection: Connection, subscriber_id: int, status: str, now: datetime) -> None:
@@ -147,76 +164,160 @@ class ImportReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-def decode_csv(raw: bytes) -> str:
-    """Given a CSV file's bytes, return its text: UTF-8 (with or without BOM), UTF-16, cp1252.
+@dataclass
+class _Batch:
+    """One batch of an import's rows: the first row of each address, and the bad ones."""
 
-    Spreadsheets export in all of these; cp1252 decodes any byte, so it goes last.
-    """
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
-    data = raw.removeprefix(codecs.BOM_UTF8)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # Lists glued together from two exports mix encodings: decode line by line, so
-        # the UTF-8 lines stay right and only the others are read as cp1252.
-        return "".join(_decode_line(line) for line in data.splitlines(keepends=True))
-
-
-def _decode_line(line: bytes) -> str:
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        return line.decode("cp1252", errors="replace")
+    firsts: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # line, facts
+    repeats: list[tuple[int, str]] = field(default_factory=list)  # line, email
+    problems: list[Problem] = field(default_factory=list)
 
 
 def import_csv(
-    engine: Engine, label: str, text: str, now: datetime, *, status: str = "active",
-    source: str = "import",
+    engine: Engine, label: str, stream: BinaryIO, now: datetime, *, status: str = "active",
+    source: str = "import", batch_size: int = IMPORT_BATCH,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import subscribers from CSV text with a header naming an `email` column.
+    """Import subscribers from a CSV file (opened in binary) with a header naming `email`.
 
-    Every bad row is reported by line number; the good ones are imported. Re-importing
-    the same file changes nothing. The columns of an export (status, source, created_at,
-    confirmed_at, unsubscribed_at) are honoured when present, so an export imports back
-    as it was: above all, an unsubscribed address stays unsubscribed.
+    Every bad row is reported by line number (`label`:line); the good ones are imported.
+    Re-importing the same file changes nothing. The columns of an export (status, source,
+    created_at, confirmed_at, unsubscribed_at) are honoured when present, so an export
+    imports back as it was: above all, an unsubscribed address stays unsubscribed.
+
+    The file is read as a stream and written `batch_size` rows per transaction, so memory
+    stays flat and an interrupted import leaves whole batches (run it again to finish).
+    `on_progress` is called after each batch with the bytes read so far.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     report = ImportReport()
     path = Path(label)
-    reader = _csv_reader(text)
-    header = [h.strip().lower() for h in next(reader, [])]
+    table = CsvTable(stream)
+    header = [cell.strip().lower() for cell in table.header]
     if "email" not in header:
         report.problems.append(Problem(path, 1, "header has no 'email' column"))
         return report
     columns = {name: header.index(name) for name in header}
-    seen: dict[str, int] = {}
-    with engine.begin() as connection:
-        for raw_row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in raw_row):
-                continue
-            row = [_unneutralise(cell) for cell in raw_row]
-            try:
-                email = _email_cell(row, columns["email"], len(header))
-                facts = _row_facts(row, columns)
-            except SubscriberError as err:
-                report.problems.append(Problem(path, line, str(err)))
-                continue
-            if email in seen:
-                report.problems.append(Problem(path, line, f"{email} repeats line {seen[email]}"))
-                continue
-            seen[email] = line
-            existing, created = add(
-                connection, email, now, status=facts.pop("status", status),
-                source=facts.pop("source", source), name=facts.pop("name", None), stamps=facts,
-            )
-            if created:
-                report.added += 1
-            elif existing.status in ("unsubscribed", "bounced"):
-                report.kept_status += 1
-            else:
-                report.unchanged += 1
+    rows = table.rows()
+    with SeenAddresses() as seen:
+        while chunk := list(itertools.islice(rows, batch_size)):
+            batch = _check_rows(path, chunk, columns, len(header))
+            _report_repeats(path, batch, seen)
+            with engine.begin() as connection:
+                _insert_new(connection, batch, now, status, source, report)
+            report.problems.extend(sorted(batch.problems))
+            if on_progress is not None:
+                on_progress(table.bytes_read())
     return report
+
+
+def _check_rows(
+    path: Path, chunk: list[tuple[int, list[str]]], columns: Mapping[str, int], width: int,
+) -> _Batch:
+    """Validate a chunk's rows: each good address once, with its line; the rest as problems."""
+    batch = _Batch()
+    for line, raw_row in chunk:
+        if not any(cell.strip() for cell in raw_row):
+            continue
+        row = [_unneutralise(cell) for cell in raw_row]
+        try:
+            email = _email_cell(row, columns["email"], width)
+            facts = _row_facts(row, columns)
+        except SubscriberError as err:
+            batch.problems.append(Problem(path, line, str(err)))
+            continue
+        if email in batch.firsts:
+            batch.repeats.append((line, email))
+        else:
+            batch.firsts[email] = (line, facts)
+    return batch
+
+
+def _report_repeats(path: Path, batch: _Batch, seen: SeenAddresses) -> None:
+    """Drop from the batch the addresses an earlier batch had; report every repeat's line."""
+    earlier = seen.record({email: line for email, (line, _facts) in batch.firsts.items()})
+    for email in earlier:
+        batch.repeats.append((batch.firsts.pop(email)[0], email))
+    for line, email in batch.repeats:
+        first = earlier[email] if email in earlier else batch.firsts[email][0]
+        batch.problems.append(Problem(path, line, f"{email} repeats line {first}"))
+
+
+def _insert_new(
+    connection: Connection, batch: _Batch, now: datetime, status: str, source: str,
+    report: ImportReport,
+) -> None:
+    """Insert the batch's addresses that are not subscribers yet; count the others."""
+    if not batch.firsts:
+        return
+    query = select(subscribers.c.email, subscribers.c.status)
+    existing = dict(connection.execute(query.where(subscribers.c.email.in_(batch.firsts))).all())
+    new_rows = [
+        new_subscriber(email, now, status=facts.get("status", status),
+                       source=facts.get("source", source), name=facts.get("name"),
+                       stamps={k: v for k, v in facts.items() if k.endswith("_at")})
+        for email, (_line, facts) in batch.firsts.items() if email not in existing
+    ]
+    if new_rows:
+        connection.execute(_insert_skipping_existing(connection), new_rows)
+    report.added += len(new_rows)
+    for existing_status in existing.values():
+        if existing_status in ("unsubscribed", "bounced"):
+            report.kept_status += 1
+        else:
+            report.unchanged += 1
+
+
+def _insert_skipping_existing(connection: Connection) -> Insert:
+    """Return an INSERT of subscribers that skips an address already there.
+
+    The batch's existing addresses were left out already; this covers one that another
+    process (a subscribe form) added since, which is then counted as added, not unchanged.
+    """
+    if connection.dialect.name == "postgresql":
+        return postgresql_insert(subscribers).on_conflict_do_nothing(index_elements=["email"])
+    if connection.dialect.name == "sqlite":
+        return sqlite_insert(subscribers).on_conflict_do_nothing(index_elements=["email"])
+    return subscribers.insert()
+
+
+class SeenAddresses:
+    """The addresses an import has met so far, each with the line it was first on.
+
+    Kept in a private temporary SQLite file, not a Python dict: a million addresses take
+    over 100 MB as Python objects, and only SQLite's small page cache here.
+    """
+
+    IN_LIST = 500  # addresses per look-up, well below SQLite's limit on parameters
+
+    def __init__(self) -> None:
+        # "": a temporary on-disk database, deleted on close; no journal, nothing to recover.
+        self._db = sqlite3.connect("", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE seen (email TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+
+    def __enter__(self) -> SeenAddresses:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._db.close()
+
+    def record(self, first_lines: Mapping[str, int]) -> dict[str, int]:
+        """Given addresses and their lines, return those met before with their earlier line;
+        remember the others."""
+        emails = list(first_lines)
+        earlier: dict[str, int] = {}
+        for start in range(0, len(emails), self.IN_LIST):
+            part = emails[start:start + self.IN_LIST]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT email, line FROM seen WHERE email IN ({marks})"
+            earlier.update(self._db.execute(query, part))
+        self._db.executemany("INSERT INTO seen VALUES (?, ?)", [
+            (email, line) for email, line in first_lines.items() if email not in earlier
+        ])
+        return earlier
 
 
 def _email_cell(row: list[str], index: int, width: int) -> str:
@@ -263,20 +364,6 @@ def _unneutralise(cell: str) -> str:
     if cell.startswith("'") and cell[1:2] in (*FORMULA_STARTS, "'"):
         return cell[1:]
     return cell
-
-
-def _csv_reader(text: str) -> Any:
-    """Return a CSV reader whose delimiter is the one that puts `email` in a header cell.
-
-    Decided by the header alone: guessing from the rows (csv.Sniffer) fails on exactly
-    the files an import must cope with, those with short or malformed rows.
-    """
-    header = next(iter(text.splitlines()), "")
-    for delimiter in (",", ";", "\t"):
-        cells = next(csv.reader([header], delimiter=delimiter), [])
-        if any(cell.strip().lower() == "email" for cell in cells):
-            return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    return csv.reader(io.StringIO(text, newline=""))
 
 
 def export_csv(engine: Engine, out: TextIO, status: str | None = None) -> int:
