@@ -755,8 +755,9 @@ def test_release_hands_unsent_claims_back_uncounted(engine: Engine) -> None:
     rows = rows_by_id(engine)
     for delivery_id in (one, two):
         row = rows[delivery_id]
+        # Its due time is kept: it stays first in line.
         assert (row.status, row.attempts, row.claimed_by, row.lease_until,
-                row.next_attempt_at) == ("pending", 0, None, None, later)
+                row.next_attempt_at) == ("pending", 0, None, None, T0)
     assert (rows[three].status, rows[three].attempts) == ("sending", 1)
     assert [c.id for c in claim_all(engine, f"{HOST}:2:bb", later)] == [one, two]
 
@@ -783,8 +784,9 @@ def test_release_dead_workers_hands_back_only_the_claims_of_dead_processes_on_th
     rows = rows_by_id(engine)
     for delivery_id in claims["dead"]:
         row = rows[delivery_id]
+        # Its due time is kept: the next sender sends it first, before untouched ones.
         assert (row.status, row.claimed_by, row.lease_until, row.next_attempt_at) == (
-            "pending", None, None, restart)
+            "pending", None, None, T0)
         assert row.attempts == 1  # the interrupted attempt still counts
         assert "interrupted" in row.last_reply
     for name in ("alive", "elsewhere"):

@@ -225,7 +225,8 @@ def claim_batch(
     due_ids = (
         select(deliveries.c.id)
         .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
-        .order_by(deliveries.c.id).limit(limit)
+        # The order of ix_deliveries_due: the first `limit` rows, not a sort of all due rows.
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(limit)
         .with_for_update(skip_locked=True)
     )
     with engine.begin() as connection:
@@ -287,7 +288,10 @@ def record_outcomes(engine: Engine, worker: str, outcomes: Sequence[Outcome],
 
 
 def release(engine: Engine, worker: str, delivery_ids: Sequence[int], now: datetime) -> None:
-    """Hand claimed deliveries that were never handed to the server back, uncounted."""
+    """Hand claimed deliveries that were never handed to the server back, uncounted.
+
+    They keep their due time, so they stay first in line (`now` is the caller's clock,
+    kept for symmetry with the other outbox calls)."""
     if not delivery_ids:
         return
     with engine.begin() as connection:
@@ -295,7 +299,7 @@ def release(engine: Engine, worker: str, delivery_ids: Sequence[int], now: datet
             update(deliveries)
             .where(deliveries.c.id.in_(delivery_ids), deliveries.c.claimed_by == worker,
                    deliveries.c.status == "sending")
-            .values(status="pending", claimed_by=None, lease_until=None, next_attempt_at=now,
+            .values(status="pending", claimed_by=None, lease_until=None,
                     attempts=deliveries.c.attempts - 1)
         )
 
@@ -306,6 +310,8 @@ def release_dead_workers(engine: Engine, host: str, is_alive: Callable[[int], bo
 
     Without this a killed `digest send` would leave its claims until their lease ran out;
     senders on other hosts are left to their leases. Worker names are `host:pid:nonce`.
+    They keep their due time: the next sender sends them first, so what a kill may have
+    made it send twice goes out at once, not at the end of the list.
     """
     with reading(engine) as connection:
         workers = connection.execute(
@@ -320,7 +326,7 @@ def release_dead_workers(engine: Engine, host: str, is_alive: Callable[[int], bo
         result = connection.execute(
             update(deliveries)
             .where(deliveries.c.status == "sending", deliveries.c.claimed_by.in_(dead))
-            .values(status="pending", next_attempt_at=now, claimed_by=None, lease_until=None,
+            .values(status="pending", claimed_by=None, lease_until=None,
                     last_reply="interrupted: the sending process stopped mid-send")
         )
     return int(result.rowcount)

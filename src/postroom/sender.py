@@ -157,14 +157,19 @@ class RateLimiter:
 class OutcomeRecorder:
     """Records outcomes in batches: one transaction per FLUSH_EVERY outcomes or FLUSH_SECONDS.
 
-    A database error is logged once per episode and the batch kept and tried again with
+    It also bounds what a kill can make us send twice: a worker starts a message only while
+    the outcomes not yet committed plus the messages in flight stay under FLUSH_EVERY. A
+    database error is logged once per episode and the batch kept and tried again with
     backoff, so the sender resumes by itself when the database is writable again.
     """
 
     def __init__(self, sender: Sender) -> None:
         self.sender = sender
         self.pending: list[Outcome] = []
+        self.flushing = 0
         self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
         self.closing = False
 
     def add(self, outcome: Outcome) -> None:
@@ -172,11 +177,18 @@ class OutcomeRecorder:
         if len(self.pending) >= FLUSH_EVERY:
             self.wake.set()
 
+    async def wait_for_room(self, in_flight: int) -> None:
+        """Wait until one more message may be started (see the class docstring)."""
+        while len(self.pending) + self.flushing + in_flight >= FLUSH_EVERY:
+            self.room.clear()
+            self.wake.set()
+            await self.room.wait()
+
     async def run(self) -> None:
         """Flush until closed, then flush what is left."""
         while not (self.closing and not self.pending):
             if not self.closing:
-                with _suppress_timeout():
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), FLUSH_SECONDS)
             self.wake.clear()
             if self.pending:
@@ -184,15 +196,18 @@ class OutcomeRecorder:
 
     async def flush(self) -> None:
         batch, self.pending = self.pending, []
+        self.flushing += len(batch)
         sender = self.sender
-        settings = sender.settings
         try:
             bounced = await sender.with_database(
                 "record outcomes", outbox.record_outcomes, sender.engine, sender.worker,
-                batch, settings.mail.bounce_after)
+                batch, sender.settings.mail.bounce_after)
         except SenderStopped:  # the leases hand these back to a later sender
             sender.unrecorded += len(batch)
             return
+        finally:
+            self.flushing -= len(batch)
+            self.room.set()
         sender.stats.bounced += len(bounced)
         if bounced:
             log.warning("marked %d subscriber(s) bounced", len(bounced))
@@ -206,14 +221,6 @@ class OutcomeRecorder:
 
 class SenderStopped(Exception):
     """Stopping was asked for while the database kept failing."""
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> bool:
-        return kind is TimeoutError
 
 
 class Sender:
@@ -251,7 +258,7 @@ class Sender:
         """How many to claim at once: enough to keep every worker busy, but all sendable
         well within the lease even under a rate limit."""
         smtp = self.settings.smtp
-        size = min(CLAIM_MAX, smtp.concurrency * 16)
+        size = min(CLAIM_MAX, max(64, smtp.concurrency * 32))
         if smtp.rate_limit > 0:
             size = min(size, max(1, int(smtp.rate_limit * smtp.lease_seconds / 4)))
         return size
@@ -362,6 +369,7 @@ class Sender:
         try:
             while (claimed := await self.queue.get()) is not None:
                 self.taken.set()
+                await recorder.wait_for_room(len(self.in_flight))
                 if self.stopping.is_set() or claimed.lease_until - self.send_time <= self.clock():
                     self.unsent.append(claimed.id)  # never handed to the server
                     continue

@@ -35,11 +35,16 @@ class SenderProcesses:
     def __init__(self, settings: Settings, wait_for_retries: float) -> None:
         self.settings, self.wait = settings, wait_for_retries
         self.context: SpawnContext = multiprocessing.get_context("spawn")
-        self.stop_event: Event = self.context.Event()
-        self.results: Queue[dict[str, int]] = self.context.Queue()
+        self.stop_event: Event | None = None
+        self.results: Queue[dict[str, int]] | None = None
         self.processes: list[SpawnProcess] = []
 
     def start(self, count: int) -> None:
+        if count <= 0:
+            return
+        # Made only when needed: they start multiprocessing's resource tracker process.
+        self.stop_event = self.context.Event()
+        self.results = self.context.Queue()
         for number in range(count):
             process = self.context.Process(
                 target=run_sender_process, name=f"postroom-sender-{number + 1}", daemon=True,
@@ -47,12 +52,12 @@ class SenderProcesses:
             )
             process.start()
             self.processes.append(process)
-        if count:
-            log.info("started %d more sender process(es)", count)
+        log.info("started %d more sender process(es)", count)
 
     def stop(self) -> None:
         """Ask every process to stop taking work and finish what is in flight."""
-        self.stop_event.set()
+        if self.stop_event is not None:
+            self.stop_event.set()
 
     def join(self) -> SendStats:
         """Blocking: wait for the processes to end; return what they sent, together."""
@@ -62,7 +67,7 @@ class SenderProcesses:
             if process.exitcode != 0:
                 log.error("sender process %s ended with exit code %s", process.name,
                           process.exitcode)
-        while not self.results.empty():
+        while self.results is not None and not self.results.empty():
             total.add(SendStats(**self.results.get(timeout=JOIN_TIMEOUT)))
         return total
 
