@@ -583,6 +583,6 @@ def test_healthz_reports_the_database_and_no_scheduler(client: httpx.Client) -> 
     assert response.headers["cache-control"] == "no-store"
     assert response.json() == {"status": "ok", "database": True, "scheduler": None,
                                "sender": None, "loop_lag_p99_ms": None,
-                               "last_build": None, "last_digest": None}
+                               "last_build": None, "last_digest": None, "last_send": None}
     assert "content-security-policy" not in response.headers
     assert client.head("/healthz").status_code == 200

@@ -181,6 +181,7 @@ class Daemon:
         stats = await send_outbox(self.settings, self.engine, self.clock,
                                   wait_for_retries=0.0, stopping=self.stopping,
                                   transport=self.web.transport, health=self.health.sender)
+        self.health.last_send = self.clock()
         if stats.sent or stats.failed or stats.retried:
             log.info("deliveries: %d sent, %d failed, %d to retry",
                      stats.sent, stats.failed, stats.retried)

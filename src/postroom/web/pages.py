@@ -231,4 +231,5 @@ def health_payload(state: WebState, database_ok: bool) -> dict[str, Any]:
         "loop_lag_p99_ms": None if lag is None else round(lag * 1000, 2),
         "last_build": state.health.last_build.isoformat() if state.health.last_build else None,
         "last_digest": state.health.last_digest.isoformat() if state.health.last_digest else None,
+        "last_send": state.health.last_send.isoformat() if state.health.last_send else None,
     }

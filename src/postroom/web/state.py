@@ -28,6 +28,7 @@ class Health:
     scheduler_running: Callable[[], bool] | None = None
     last_build: datetime | None = None
     last_digest: datetime | None = None
+    last_send: datetime | None = None  # when the last pass over due deliveries ended
     sender: SenderHealth | None = None
     loop_lag: LoopLagProbe | None = None
 
