@@ -3,8 +3,10 @@ server (aiosmtpd) or a real Maildir, recorded in a real SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +22,8 @@ import pytest
 from mailserver import MailServer
 from mailsite import FROM_ADDRESS, MailSite
 from postroom import outbox
+from postroom.errors import StoreError
+from postroom.newsletter import send_outbox
 from postroom.subscribers import normalize_address
 
 
@@ -205,3 +209,24 @@ def test_the_maildir_transport_stores_every_digest(tmp_path: Path) -> None:
     assert sorted(tos) == emails(7)
     assert {row.status for row in site.deliveries()} == {"sent"}
     assert all(row.last_reply.startswith("250 stored as ") for row in site.deliveries())
+
+
+def test_a_send_gives_up_with_a_clear_error_while_the_database_stays_locked(
+    tmp_path: Path, server: MailServer
+) -> None:
+    site = site_with_digest(tmp_path, server.port, 5, database={"busy_timeout_ms": 50})
+    # Another process holds SQLite's write lock for longer than the sender will wait.
+    locker = sqlite3.connect(str(site.engine.url.database), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match=r"database stayed unavailable .*locked"):
+            asyncio.run(send_outbox(site.settings, site.engine, lambda: datetime.now(UTC),
+                                    wait_for_retries=0.0, give_up_after=0.5))
+        assert locker.in_transaction, "it gave up while the lock was still held"
+    finally:
+        locker.rollback()
+        locker.close()
+    assert server.count() == 0, "nothing was sent that could not be claimed"
+    # Once the database is writable, the next send delivers everything, once.
+    assert site.send().sent == 5
+    assert server.per_recipient() == Counter({e: 1 for e in emails(5)})

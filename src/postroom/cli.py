@@ -39,6 +39,8 @@ from postroom.sitefolder import create_site
 from postroom.store import reading
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+# A send from the command line waits this long for an unavailable database, then says so.
+DATABASE_OUTAGE_LIMIT = 120.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -353,7 +355,8 @@ def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
     async def send(on_finish: Callable[[SendStats], None]) -> SendStats:
         probing = asyncio.create_task(probe.run()) if probe else None
         try:
-            return await send_outbox(settings, engine, _now, on_finish=on_finish)
+            return await send_outbox(settings, engine, _now, on_finish=on_finish,
+                                     give_up_after=DATABASE_OUTAGE_LIMIT)
         finally:
             if probing:
                 probing.cancel()

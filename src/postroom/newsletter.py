@@ -16,6 +16,7 @@ from postroom import outbox
 from postroom.build import SiteBuilder
 from postroom.config import Settings
 from postroom.digest import DigestPost, compose_digest, new_posts, window_start
+from postroom.errors import StoreError
 from postroom.sender import MessageFactory, Sender, SenderHealth, SendStats
 from postroom.senderpool import MIN_DUE_PER_PROCESS, SenderProcesses
 from postroom.store import migrate, open_engine, reading
@@ -110,7 +111,7 @@ async def send_outbox(
     settings: Settings, engine: Engine, now: Callable[[], datetime],
     on_finish: Callable[[SendStats], None] | None = None, wait_for_retries: float | None = None,
     transport: Transport | None = None, stopping: asyncio.Event | None = None,
-    health: SenderHealth | None = None,
+    health: SenderHealth | None = None, give_up_after: float | None = None,
 ) -> SendStats:
     """Send every due delivery: this process, and `smtp.processes - 1` helper processes.
 
@@ -130,7 +131,7 @@ async def send_outbox(
         helpers.start(min(sender_processes(settings), due // MIN_DUE_PER_PROCESS + 1) - 1)
     sender = Sender(engine, settings, transport or make_transport(settings),
                     message_factory(settings, engine), clock=now, on_finish=on_finish,
-                    stopping=stopping, health=health)
+                    stopping=stopping, health=health, give_up_after=give_up_after)
     stop_helpers = asyncio.create_task(_relay_stop(stopping, helpers))
     try:
         stats = await sender.run(wait_for_retries=wait)
@@ -138,6 +139,12 @@ async def send_outbox(
         stop_helpers.cancel()
         stats_of_helpers = await asyncio.to_thread(helpers.join)
     stats.add(stats_of_helpers)
+    if sender.gave_up:
+        raise StoreError(
+            f"gave up sending: the database stayed unavailable for over {give_up_after:g} s "
+            f"({sender.gave_up}); sent {stats.sent}. {sender.unrecorded} outcome(s) could not "
+            "be recorded: those deliveries go out again, with the same Message-ID, once "
+            f"their lease ({settings.smtp.lease_seconds:g} s) ends")
     return stats
 
 

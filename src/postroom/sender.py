@@ -231,6 +231,7 @@ class Sender:
         messages: MessageFactory, clock: Clock = utc_now,
         on_finish: Callable[[SendStats], None] | None = None,
         stopping: asyncio.Event | None = None, health: SenderHealth | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         self.engine, self.settings, self.transport, self.messages = (
             engine, settings, transport, messages)
@@ -246,6 +247,8 @@ class Sender:
         self.stats = SendStats()
         self.health = health or SenderHealth()
         self.unrecorded = 0
+        self.give_up_after = give_up_after
+        self.gave_up: str | None = None  # the error that made the sender give up
         # Set from outside (SIGTERM): take no new delivery, finish the ones in flight.
         self.stopping = stopping or asyncio.Event()
         self.queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
@@ -345,7 +348,9 @@ class Sender:
     async def with_database(self, what: str, function: Callable[..., T], *args: Any) -> T:
         """Run a database call in a thread; on error, log once, back off and try again.
 
-        Raises SenderStopped if stopping is set while the database keeps failing.
+        Raises SenderStopped if stopping is set while the database keeps failing, or once
+        it has failed for longer than `give_up_after` seconds (the CLI's limit; the daemon
+        has none and goes on trying, unhealthy, until the database comes back).
         """
         delay = 0.2
         while True:
@@ -355,7 +360,9 @@ class Sender:
                 cause = getattr(err, "orig", None) or err
                 if self.health.failed(f"{what}: {cause}", self.clock()):
                     log.error("sender cannot %s: %s; retrying with backoff", what, cause)
-                if self.stopping.is_set():
+                if self.stopping.is_set() or self._outage_too_long():
+                    self.stopping.set()
+                    self.gave_up = self.gave_up or self.health.last_error
                     raise SenderStopped(what) from err
                 await self._until(asyncio.sleep(delay))
                 delay = min(delay * 2, DB_RETRY_MAX)
@@ -363,6 +370,11 @@ class Sender:
             if self.health.recovered():
                 log.info("sender's database is reachable again")
             return result
+
+    def _outage_too_long(self) -> bool:
+        since = self.health.failing_since
+        return (self.give_up_after is not None and since is not None
+                and (self.clock() - since).total_seconds() > self.give_up_after)
 
     async def _worker(self, recorder: OutcomeRecorder) -> None:
         connection: Connection | None = None
