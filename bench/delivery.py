@@ -67,6 +67,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="one repeat, N = 10,000 only, a 10,000-row import")
     parser.add_argument("--repeats", type=int, default=None, help="repeats (default 3)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N",
+                        help="subscriber counts to measure (overrides --quick/--full's)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
                         metavar="C", help="concurrencies to measure (default 1 8 32)")
     parser.add_argument("--processes", type=int, default=None, metavar="K",
@@ -76,7 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick and args.full:
         parser.error("--quick and --full exclude each other")
-    args.sizes = QUICK_SIZES if args.quick else FULL_SIZES if args.full else SIZES
+    args.sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES if args.full
+                                else SIZES)
     args.import_rows = (QUICK_IMPORT_ROWS if args.quick
                         else FULL_IMPORT_ROWS if args.full else IMPORT_ROWS)
     args.repeats = args.repeats or (1 if args.quick else 3)

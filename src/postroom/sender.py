@@ -320,6 +320,10 @@ class Sender:
             if self.recorder.pending:  # a retry may be among them: record, then look again
                 await self.recorder.flush()
                 continue
+            if self.recorder.flushing:  # the recorder is at it: wait for it, then look again
+                self.recorder.room.clear()
+                await self._until(self.recorder.room.wait())
+                continue
             if not await self._wait_for_retry(wait_for_retries):
                 return
 
