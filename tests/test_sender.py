@@ -24,6 +24,7 @@ from mailsite import FROM_ADDRESS, MailSite
 from postroom import outbox
 from postroom.errors import StoreError
 from postroom.newsletter import send_outbox
+from postroom.senderpool import MIN_DUE_PER_PROCESS
 from postroom.subscribers import normalize_address
 
 
@@ -230,3 +231,26 @@ def test_a_send_gives_up_with_a_clear_error_while_the_database_stays_locked(
     # Once the database is writable, the next send delivers everything, once.
     assert site.send().sent == 5
     assert server.per_recipient() == Counter({e: 1 for e in emails(5)})
+
+
+@pytest.mark.slow
+def test_sender_processes_share_the_outbox_and_send_each_delivery_once(
+    tmp_path: Path, server: MailServer
+) -> None:
+    readers = MIN_DUE_PER_PROCESS + 100  # enough for a second process to be worth starting
+    site = MailSite.create(tmp_path, smtp_port=server.port,
+                           smtp={"concurrency": 2, "processes": 2})
+    site.write_post("news", "News")
+    site.add_subscribers(emails(readers))
+    site.create_digest()
+
+    finished = site.run("digest", "send", "--verbose", timeout=120)
+
+    assert finished.returncode == 0, finished.stderr
+    assert "started 1 more sender process(es)" in finished.stderr
+    assert f"sent {readers}, failed 0" in finished.stdout
+    assert server.per_recipient() == Counter({e: 1 for e in emails(readers)})
+    # Two processes with two connections each: four sessions, each used for many messages.
+    per_session = Counter(m.session for m in server.messages())
+    assert len(per_session) == 4 and min(per_session.values()) > 1, per_session
+    assert {row.status for row in site.deliveries()} == {"sent"}
