@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -205,3 +206,84 @@ def test_an_unreachable_server_fails_without_a_traceback(tmp_path: Path) -> None
     assert "sent 0, failed 1" in result.stdout
     [row] = site.deliveries()
     assert row.status == "failed" and "cannot connect" in row.last_reply
+
+
+# ---- when the mail server or the database is unavailable: exit 3, nothing lost -------------
+
+
+def closed_port() -> int:
+    with MailServer() as server:
+        return server.port  # a port that was free, now closed again
+
+
+def test_digest_send_with_the_mail_server_down_exits_3_and_says_what_is_pending(
+    tmp_path: Path,
+) -> None:
+    site = MailSite.create(tmp_path, smtp_port=closed_port(),
+                           smtp={"retry_wait": 0.5, "backoff_base": 600, "backoff_max": 600})
+    site.write_post("news", "News")
+    site.add_subscribers(READERS)
+
+    down = site.run("digest", "send")
+
+    assert down.returncode == 3, (down.stdout, down.stderr)
+    assert_no_traceback(down)
+    assert "sent 0, failed 0, retried 3" in down.stdout
+    assert re.search(r"3 delivery\(ies\) still to send, next attempt at \d{4}-\d\d-\d\d "
+                     r".*last error: cannot connect", down.stderr), down.stderr
+    status = site.run("digest", "status")
+    assert "pending 3  sent 0  failed 0" in status.stdout
+    assert re.search(r"next attempt \d{4}-\d\d-\d\d", status.stdout), status.stdout
+    assert "last error: cannot connect" in status.stdout
+
+    # The server is back: --now sends what waits for its backoff, at once.
+    with MailServer() as server:
+        site.reload(smtp={"port": server.port, "backoff_base": 600, "backoff_max": 600})
+        again = site.run("digest", "send", "--now")
+        assert again.returncode == 0, (again.stdout, again.stderr)
+        assert "3 pending delivery(ies) made due now" in again.stdout
+        assert "sent 3, failed 0" in again.stdout
+        assert server.per_recipient() == {reader: 1 for reader in READERS}
+
+
+def test_a_test_send_with_the_mail_server_down_exits_3_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    site = MailSite.create(tmp_path, smtp_port=closed_port())
+    site.write_post("news", "News")
+
+    result = site.run("digest", "send", "--to", "me@example.org")
+
+    assert result.returncode == 3
+    assert_no_traceback(result)
+    assert "the test digest to me@example.org was not sent: cannot connect" in result.stderr
+
+
+def test_a_database_locked_past_the_busy_timeout_exits_3_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    site = MailSite.create(tmp_path, database={"busy_timeout_ms": 50})
+    locker = sqlite3.connect(str(site.engine.url.database), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        locked = site.run("subscribers", "add", "ann@example.org")
+    finally:
+        locker.rollback()
+        locker.close()
+
+    assert locked.returncode == 3, (locked.stdout, locked.stderr)
+    assert_no_traceback(locked)
+    assert "database error: database is locked" in locked.stderr
+    assert site.run("subscribers", "add", "ann@example.org").returncode == 0
+
+
+def test_debug_shows_the_traceback_and_its_cause(tmp_path: Path) -> None:
+    site = MailSite.create(tmp_path, smtp_port=closed_port())
+    site.write_post("news", "News")
+
+    result = site.run("digest", "send", "--to", "me@example.org", "--debug")
+
+    assert result.returncode == 3
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "The above exception was the direct cause" in result.stderr
+    assert "ConnectionRefusedError" in result.stderr or "OSError" in result.stderr

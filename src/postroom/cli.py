@@ -1,23 +1,28 @@
 """The `postroom` command: parse arguments, call the library, print. Nothing else lives here.
 
 Exit codes: 0 success; 1 done, but some input had problems (each printed as path:line:
-message); 2 usage or configuration error, nothing done.
+message) or some deliveries failed; 2 usage or configuration error, nothing done; 3 could
+not finish because the mail server or the storage is unavailable (the work is kept, and
+what is pending and when it is next tried is printed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from postroom import __version__, outbox, subscribers
 from postroom.build import BuildReport, SiteBuilder
@@ -38,7 +43,7 @@ from postroom.sender import SendStats
 from postroom.sitefolder import create_site
 from postroom.store import reading
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2, 3
 # A send from the command line waits this long for an unavailable database, then says so.
 DATABASE_OUTAGE_LIMIT = 120.0
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,8 +52,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Context:
     """What every command gets: where the config is and how much to say."""
 
-    def __init__(self, config: Path | None, verbosity: int) -> None:
-        self.config_path, self.verbosity = config, verbosity
+    def __init__(self, config: Path | None, verbosity: int, debug: bool = False) -> None:
+        self.config_path, self.verbosity, self.debug = config, verbosity, debug
 
     def settings(self) -> Settings:
         return load_settings(find_config(self.config_path, os.environ))
@@ -59,32 +64,47 @@ class Context:
 
 
 def common_options(command: F) -> F:
-    """Add --config/--quiet/--verbose to a command, so they work after the command name too."""
+    """Add --config/--quiet/--verbose/--debug to a command, so they work after its name too."""
 
     @click.option("--config", "-c", "config", type=click.Path(path_type=Path), default=None,
                   help="Config file (default: $POSTROOM_CONFIG, ./postroom.toml, built-ins).")
     @click.option("--quiet", "-q", is_flag=True, help="Print only problems and errors.")
     @click.option("--verbose", "-v", is_flag=True, help="Print what is done, file by file.")
+    @click.option("--debug", is_flag=True, help="On an error, show its traceback and causes.")
     @click.pass_context
     @functools.wraps(command)
     def wrapper(ctx: click.Context, config: Path | None, quiet: bool, verbose: bool,
-                **kwargs: Any) -> Any:
+                debug: bool, **kwargs: Any) -> Any:
         parent: Context | None = ctx.obj
         config = config or (parent.config_path if parent else None)
         verbosity = -1 if quiet else 1 if verbose else (parent.verbosity if parent else 0)
+        debug = debug or bool(parent and parent.debug)
         _setup_logging(verbosity)
         try:
-            return command(Context(config, verbosity), **kwargs)
+            return command(Context(config, verbosity, debug), **kwargs)
         except PostroomError as err:
-            click.echo(f"postroom: {err}", err=True)
-            sys.exit(EXIT_ERROR)
+            _fail(str(err), err.exit_code, err if debug else None)
+        except SQLAlchemyError as err:
+            # Storage that refused the work (locked, full, read-only): nothing is lost.
+            cause = getattr(err, "orig", None) or err
+            _fail(f"database error: {cause}; nothing was lost, run the command again later",
+                  EXIT_UNAVAILABLE, err if debug else None)
         except OSError as err:
-            # A folder that cannot be written, a disk that is full: the user's to fix.
             where = f"{err.filename}: " if err.filename else ""
-            click.echo(f"postroom: {where}{err.strerror or err}", err=True)
-            sys.exit(EXIT_ERROR)
+            # A full or failing disk is the machine's state; a folder that cannot be
+            # written is the user's to fix.
+            code = EXIT_UNAVAILABLE if err.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) \
+                else EXIT_ERROR
+            _fail(f"{where}{err.strerror or err}", code, err if debug else None)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str, code: int, error: BaseException | None) -> NoReturn:
+    if error is not None:
+        traceback.print_exception(error)
+    click.echo(f"postroom: {message}", err=True)
+    sys.exit(code)
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -96,11 +116,18 @@ def _setup_logging(verbosity: int) -> None:
               help="Config file (default: $POSTROOM_CONFIG, ./postroom.toml, built-ins).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems and errors.")
 @click.option("--verbose", "-v", is_flag=True, help="Print what is done, file by file.")
+@click.option("--debug", is_flag=True, help="On an error, show its traceback and causes.")
 @click.version_option(__version__, prog_name="postroom")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, quiet: bool, verbose: bool) -> None:
-    """Feeds and email digests for a folder of Markdown posts."""
-    ctx.obj = Context(config, -1 if quiet else 1 if verbose else 0)
+def main(ctx: click.Context, config: Path | None, quiet: bool, verbose: bool,
+         debug: bool) -> None:
+    """Feeds and email digests for a folder of Markdown posts.
+
+    Exit codes: 0 done; 1 done, but some input had problems or some deliveries failed;
+    2 usage or configuration error; 3 could not finish (mail server or storage
+    unavailable): the work is kept and finishes on a later run.
+    """
+    ctx.obj = Context(config, -1 if quiet else 1 if verbose else 0, debug)
 
 
 def print_problems(problems: list[Problem]) -> None:
@@ -308,8 +335,11 @@ def digest_preview(ctx: Context, address: str, output: Path) -> None:
               help="Send the next digest to this address only (a test send; not recorded).")
 @click.option("--json", "as_json", is_flag=True,
               help="End with a JSON summary line (counts, seconds, event-loop lag).")
+@click.option("--now", "now", is_flag=True,
+              help="Send pending deliveries now, ignoring their retry backoff.")
 @common_options
-def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool) -> None:
+def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool,
+                now: bool) -> None:
     """Create the next digest if anything is new, then send every pending delivery."""
     settings = ctx.settings()
     engine = open_database(settings)
@@ -332,6 +362,9 @@ def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool)
     plan = create_digest(settings, engine, builder, _now())
     if plan.raced:
         ctx.say("another process created this digest just now; sending what is due")
+    if now:
+        moved = outbox.due_now(engine, _now())
+        ctx.say(f"{moved} pending delivery(ies) made due now")
     started = time.monotonic()
     probe = LoopLagProbe()
     stats = _send_with_progress(settings, engine, ctx, probe)
@@ -345,7 +378,21 @@ def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool)
             "processes": sender_processes(settings),
             "loop_lag_p99_ms": None if lag is None else round(lag * 1000, 2),
         }))
-    sys.exit(EXIT_PROBLEMS if stats.failed else EXIT_OK)
+    sys.exit(_send_exit_code(engine, stats))
+
+
+def _send_exit_code(engine: Any, stats: SendStats) -> int:
+    """3 if deliveries are left waiting for a retry (say what and when), 1 if some failed."""
+    backlog = outbox.backlog(engine)
+    if stats.retried and backlog.waiting:
+        when = (f"{backlog.next_attempt.astimezone():%Y-%m-%d %H:%M:%S %Z}"
+                if backlog.next_attempt else "later")
+        click.echo(
+            f"postroom: {backlog.waiting} delivery(ies) still to send, next attempt at {when}"
+            f" (last error: {backlog.last_error}); `postroom run` sends them then, or "
+            "`postroom digest send --now` once the mail server is back", err=True)
+        return EXIT_UNAVAILABLE
+    return EXIT_PROBLEMS if stats.failed else EXIT_OK
 
 
 def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
@@ -379,6 +426,10 @@ def digest_status(ctx: Context) -> None:
             f"pending {row['pending'] + row['sending']}  sent {row['sent']}  "
             f"failed {row['failed']}  {row['subject']}"
         )
+        if row["next_attempt"] is not None and row["pending"]:
+            click.echo(f"  next attempt {row['next_attempt'].astimezone():%Y-%m-%d %H:%M:%S}")
+        if row["last_error"]:
+            click.echo(f"  last error: {row['last_error']}")
 
 
 @digest.command("retry")
@@ -392,7 +443,7 @@ def digest_retry(ctx: Context, digest_id: int | None) -> None:
     ctx.say(f"{again} failed delivery(ies) queued again")
     stats = _send_with_progress(settings, engine, ctx)
     ctx.say(f"sent {stats.sent}, failed {stats.failed}, retried {stats.retried}")
-    sys.exit(EXIT_PROBLEMS if stats.failed else EXIT_OK)
+    sys.exit(_send_exit_code(engine, stats))
 
 
 # ---- the daemon -----------------------------------------------------------------------------

@@ -7,7 +7,19 @@ from pathlib import Path
 
 
 class PostroomError(Exception):
-    """An error a user can act on; the CLI prints it without a traceback."""
+    """An error a user can act on; the CLI prints it without a traceback (--debug shows it).
+
+    `exit_code` is what the CLI exits with: 2 for usage and configuration, 3 when the work
+    could not be finished because something it needs is unavailable (kept for later).
+    """
+
+    exit_code = 2
+
+
+class Unavailable(PostroomError):
+    """The mail server or the storage is unavailable: the work is kept, to finish later."""
+
+    exit_code = 3
 
 
 class ConfigError(PostroomError):
@@ -20,6 +32,16 @@ class TemplateError(PostroomError):
 
 class StoreError(PostroomError):
     """The database cannot be reached or is in an unexpected state."""
+
+
+class StorageUnavailable(StoreError, Unavailable):
+    """The database or the disk refused a write (locked, full, read-only): try again later."""
+
+    exit_code = 3
+
+
+class MailUnavailable(Unavailable):
+    """The mail server could not take the messages now."""
 
 
 class SubscriberError(PostroomError):

@@ -19,12 +19,14 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from functools import cached_property
 
+from postroom.errors import PostroomError
+
 # Stands in for the recipient's own link in the rendered bodies; letters and digits only,
 # so no escaping (HTML, quoted-printable) can alter it.
 LINK_PLACEHOLDER = "postroomRecipientLink7f3a9c"
 
 
-class HeaderInjection(ValueError):
+class HeaderInjection(PostroomError, ValueError):
     """A value meant for one header line holds a line break or control character."""
 
 

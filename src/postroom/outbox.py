@@ -360,6 +360,40 @@ def next_due(engine: Engine) -> datetime | None:
     return min((t for t in (pending, leased) if t is not None), default=None)
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Deliveries not yet finished: how many, when the next is due, the last error."""
+
+    waiting: int
+    next_attempt: datetime | None
+    last_error: str | None
+
+
+def backlog(engine: Engine) -> Backlog:
+    """Return what is still to send (pending or being sent), for the CLI's last word."""
+    unfinished = deliveries.c.status.in_(("pending", "sending"))
+    with reading(engine) as connection:
+        waiting, next_attempt = connection.execute(
+            select(func.count(), func.min(deliveries.c.next_attempt_at)).where(unfinished)
+        ).one()
+        last_error = connection.execute(
+            select(deliveries.c.last_reply)
+            .where(unfinished, deliveries.c.attempts > 0, deliveries.c.last_reply.is_not(None))
+            .order_by(deliveries.c.claimed_at.desc()).limit(1)
+        ).scalar()
+    return Backlog(int(waiting), next_attempt, last_error)
+
+
+def due_now(engine: Engine, now: datetime) -> int:
+    """Make every pending delivery due now, ignoring its backoff; return how many moved."""
+    with engine.begin() as connection:
+        return int(connection.execute(
+            update(deliveries)
+            .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at > now)
+            .values(next_attempt_at=now)
+        ).rowcount)
+
+
 def retry_failed(engine: Engine, now: datetime, digest_id: int | None = None) -> int:
     """Give failed deliveries to still-active subscribers a fresh start; return how many."""
     active = select(subscribers.c.id).where(subscribers.c.status == "active")
@@ -375,21 +409,44 @@ def retry_failed(engine: Engine, now: datetime, digest_id: int | None = None) ->
 
 
 def status(engine: Engine) -> list[dict[str, Any]]:
-    """Return, per digest (newest first), its subject and delivery counts by status."""
+    """Return, per digest (newest first), its subject, delivery counts by status, when the
+    next attempt is due and the last error of a delivery still to send or failed."""
     with reading(engine) as connection:
         rows = connection.execute(
             select(digests.c.id, digests.c.created_at, digests.c.subject,
-                   deliveries.c.status, func.count(deliveries.c.id))
+                   deliveries.c.status, func.count(deliveries.c.id),
+                   func.min(deliveries.c.next_attempt_at))
             .select_from(digests.outerjoin(deliveries, deliveries.c.digest_id == digests.c.id))
             .group_by(digests.c.id, digests.c.created_at, digests.c.subject, deliveries.c.status)
             .order_by(digests.c.id.desc())
         ).all()
+        errors = _last_errors(connection)
     table: dict[int, dict[str, Any]] = {}
-    for digest_id, created, subject, state, number in rows:
+    for digest_id, created, subject, state, number, next_at in rows:
         entry = table.setdefault(digest_id, {
             "id": digest_id, "created_at": created, "subject": subject,
             "pending": 0, "sending": 0, "sent": 0, "failed": 0,
+            "next_attempt": None, "last_error": errors.get(digest_id),
         })
         if state is not None:
             entry[state] = number
+        if state == "pending":
+            entry["next_attempt"] = next_at
     return list(table.values())
+
+
+def _last_errors(connection: Connection) -> dict[int, str]:
+    """Return, per digest, the reply of its most recently attempted unsent delivery."""
+    latest = (
+        select(deliveries.c.digest_id, func.max(deliveries.c.claimed_at).label("at"))
+        .where(deliveries.c.status.in_(("pending", "sending", "failed")),
+               deliveries.c.attempts > 0, deliveries.c.last_reply.is_not(None))
+        .group_by(deliveries.c.digest_id).subquery()
+    )
+    rows = connection.execute(
+        select(deliveries.c.digest_id, deliveries.c.last_reply)
+        .join(latest, (latest.c.digest_id == deliveries.c.digest_id)
+              & (latest.c.at == deliveries.c.claimed_at))
+        .where(deliveries.c.last_reply.is_not(None))
+    ).all()
+    return {int(d): str(r) for d, r in rows if d is not None}

@@ -16,7 +16,7 @@ from postroom.newsletter import DigestPlan
 from postroom.output import write_atomic
 from postroom.subscribers import normalize_address
 from postroom.templates import template_environment
-from postroom.transport import make_transport
+from postroom.transport import DeliveryError, make_transport
 
 PREVIEW_LINK = "/unsubscribe/preview-link-does-nothing"
 
@@ -57,9 +57,13 @@ async def send_test(
     link = settings.public_url + PREVIEW_LINK
     data = _prepared(settings, plan).for_wire(
         email, f"<test.{now:%Y%m%d%H%M%S}@{settings.site.host}>", now, link, (link,))
-    connection = await make_transport(settings).connect()
     try:
-        sender = settings.mail.return_path or settings.mail.from_address
-        return await connection.send(sender, email, data)
-    finally:
-        await connection.close()
+        connection = await make_transport(settings).connect()
+        try:
+            sender = settings.mail.return_path or settings.mail.from_address
+            return await connection.send(sender, email, data)
+        finally:
+            await connection.close()
+    except DeliveryError as err:
+        err.args = (f"the test digest to {email} was not sent: {err.reply}",)
+        raise

@@ -256,6 +256,7 @@ class Sender:
         self.in_flight: dict[int, Claimed] = {}
         self.unsent: list[int] = []
         self.recorder = OutcomeRecorder(self)
+        self.retry_deadline: datetime | None = None
 
     def claim_size(self) -> int:
         """How many to claim at once: enough to keep every worker busy, but all sendable
@@ -269,6 +270,7 @@ class Sender:
     async def run(self, wait_for_retries: float = 0.0) -> SendStats:
         """Send every due delivery; wait in-process for retries due within the given seconds."""
         recorder = self.recorder
+        self.retry_deadline = self.clock() + timedelta(seconds=wait_for_retries)
         recording = asyncio.create_task(recorder.run(), name="outcome-recorder")
         workers = [asyncio.create_task(self._worker(recorder), name=f"smtp-worker-{i}")
                    for i in range(self.settings.smtp.concurrency)]
@@ -328,14 +330,14 @@ class Sender:
                 return
 
     async def _wait_for_retry(self, wait_for_retries: float) -> bool:
-        """Sleep until the next retry if it is due soon enough; False: nothing to wait for."""
+        """Sleep until the next retry if it is due before the run's retry budget is spent
+        (`wait_for_retries` seconds from the start, in all); False: nothing to wait for."""
+        if self.retry_deadline is None:
+            self.retry_deadline = self.clock() + timedelta(seconds=wait_for_retries)
         upcoming = await self.with_database("look for retries", outbox.next_due, self.engine)
-        if upcoming is None:
+        if upcoming is None or upcoming > self.retry_deadline:
             return False
-        delay = (upcoming - self.clock()).total_seconds()
-        if delay > wait_for_retries:
-            return False
-        await self._until(asyncio.sleep(max(delay, 0.0)))
+        await self._until(asyncio.sleep(max((upcoming - self.clock()).total_seconds(), 0.0)))
         return True
 
     async def _until(self, awaitable: Awaitable[object], timeout: float | None = None) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import DatabaseError, SQLAlchemyError
 
-from postroom.errors import StoreError
+from postroom.errors import StorageUnavailable, StoreError
 from postroom.schema import meta
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -30,7 +32,7 @@ def open_engine(url: str, busy_timeout_ms: int = 10_000) -> Engine:
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError) as err:
-        raise StoreError(f"database url {url!r}: {err}") from None
+        raise StoreError(f"database url {url!r}: {err}") from err
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, busy_timeout_ms)
     return engine
@@ -72,6 +74,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     sqlite = engine.dialect.name == "sqlite"
+    if revision == "head" and _is_current(engine, config):
+        return  # a read, so a read-only or busy database still serves the read commands
     try:
         with engine.connect() as connection:
             # SQLite alters a table by copying it: with foreign keys on, dropping the old
@@ -90,7 +94,18 @@ def migrate(engine: Engine, revision: str = "head") -> None:
                 if sqlite:
                     driver.execute("PRAGMA foreign_keys=ON")
     except DatabaseError as err:  # OperationalError, or a file that is not SQLite at all
-        raise StoreError(f"cannot migrate the database {engine.url!r}: {err.orig}") from None
+        raise StorageUnavailable(
+            f"cannot migrate the database {engine.url!r}: {err.orig}") from err
+
+
+def _is_current(engine: Engine, config: AlembicConfig) -> bool:
+    head = ScriptDirectory.from_config(config).get_current_head()
+    try:
+        with reading(engine) as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except DatabaseError:
+        return False  # let the migration report it
+    return current == head
 
 
 def get_meta(connection: Connection, key: str) -> str | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
+from postroom.errors import PostroomError
 
-class InvalidToken(Exception):
+
+class InvalidToken(PostroomError):
     """A token that was forged, mangled, or has expired."""
 
 
@@ -48,9 +50,9 @@ class Tokens:
         try:
             return loads(token)  # type: ignore[operator]
         except SignatureExpired as err:
-            raise ExpiredToken(str(err)) from None
+            raise ExpiredToken(str(err)) from err
         except BadData as err:
-            raise InvalidToken(str(err)) from None
+            raise InvalidToken(str(err)) from err
 
 
 def _as_id(value: object) -> int:

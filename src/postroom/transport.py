@@ -18,10 +18,10 @@ from typing import Protocol
 import aiosmtplib
 
 from postroom.config import Settings, SmtpSettings
-from postroom.errors import ConfigError
+from postroom.errors import ConfigError, PostroomError
 
 
-class DeliveryError(Exception):
+class DeliveryError(PostroomError):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
@@ -30,6 +30,8 @@ class DeliveryError(Exception):
 class TransientError(DeliveryError):
     """4xx, a dropped connection or a timeout: the same message may succeed later."""
 
+    exit_code = 3  # could not finish: the mail server is unavailable for now
+
     def __init__(self, reply: str, reconnect: bool = True) -> None:
         super().__init__(reply)
         self.reconnect = reconnect
@@ -37,6 +39,8 @@ class TransientError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """5xx: retrying will not help. `bounce` is set when the recipient itself was refused."""
+
+    exit_code = 1  # done, but a delivery failed
 
     def __init__(self, reply: str, bounce: bool) -> None:
         super().__init__(reply)
@@ -68,7 +72,7 @@ class MaildirTransport:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
             box = mailbox.Maildir(self.folder, create=True)
         except OSError as err:
-            raise TransientError(f"maildir {self.folder}: {err.strerror or err}") from None
+            raise TransientError(f"maildir {self.folder}: {err.strerror or err}") from err
         return _MaildirConnection(box)
 
 
@@ -81,7 +85,7 @@ class _MaildirConnection:
         try:
             key = await asyncio.to_thread(self.box.add, envelope + unstuff(message))
         except OSError as err:
-            raise TransientError(f"maildir: {err.strerror or err}") from None
+            raise TransientError(f"maildir: {err.strerror or err}") from err
         return f"250 stored as {key}"
 
     async def close(self) -> None:
@@ -117,9 +121,9 @@ class SmtpTransport:
             if s.username and self.password:
                 await client.login(s.username, self.password)
         except aiosmtplib.SMTPAuthenticationError as err:
-            raise PermanentError(f"{err.code} {err.message}", bounce=False) from None
+            raise PermanentError(f"{err.code} {err.message}", bounce=False) from err
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as err:
-            raise TransientError(f"cannot connect to {s.host}:{s.port}: {err}") from None
+            raise TransientError(f"cannot connect to {s.host}:{s.port}: {err}") from err
         return _SmtpConnection(client, s.timeout)
 
 
@@ -146,12 +150,12 @@ class _SmtpConnection:
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._transaction(commands, message)
-        except TimeoutError:
+        except TimeoutError as err:
             self.transport.abort()
             raise TransientError(
-                f"timed out: the server did not answer within {self.timeout:g} s") from None
+                f"timed out: the server did not answer within {self.timeout:g} s") from err
         except ConnectionError as err:
-            raise TransientError(f"connection lost: {err or type(err).__name__}") from None
+            raise TransientError(f"connection lost: {err or type(err).__name__}") from err
 
     async def _transaction(self, commands: tuple[str, str, str], message: bytes) -> str:
         lines = [c.encode("ascii") + b"\r\n" for c in commands]
