@@ -156,6 +156,33 @@ def test_add_remove_and_list(make_postroom: Callable[[str], Postroom]) -> None:
     assert [line.split("\t")[0] for line in only_left.stdout.splitlines()] == ["bob@example.org"]
 
 
+def test_case_variants_of_one_address_are_one_subscriber(
+    make_postroom: Callable[[str], Postroom], tmp_path: Path
+) -> None:
+    postroom = make_postroom("site")
+    added = postroom("subscribers", "add", "alice@example.com", "Alice@example.com",
+                     "bob@example.com")
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.splitlines() == [
+        "added alice@example.com",
+        "Alice@example.com is already active (as alice@example.com)",
+        "added bob@example.com",
+    ]
+    removed = postroom("subscribers", "remove", "BOB@example.com")
+    assert (removed.returncode, removed.stdout) == (0, "unsubscribed bob@example.com\n")
+    path = tmp_path / "list.csv"
+    path.write_text("email\nBOB@example.com\nALICE@EXAMPLE.COM\n", encoding="utf-8")
+
+    imported = postroom("subscribers", "import", str(path))
+
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.startswith(
+        "0 added, 1 already subscribed, 1 unsubscribed/bounced left as they are")
+    listed = postroom("subscribers", "list")
+    assert [line.split("\t")[:2] for line in listed.stdout.splitlines()[:-1]] == [
+        ["alice@example.com", "active"], ["bob@example.com", "unsubscribed"]]
+
+
 def test_export_imports_back_identically_into_a_fresh_database(
     make_postroom: Callable[[str], Postroom], tmp_path: Path
 ) -> None:

@@ -25,12 +25,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from postroom import outbox, subscribers
 from postroom.digest import DigestPost
 from postroom.errors import StoreError
 from postroom.schema import deliveries, digests, meta, metadata
+from postroom.schema import subscribers as subscribers_table
 from postroom.store import (
     MIGRATIONS,
     SECRET_ENV,
@@ -195,6 +196,96 @@ def test_a_0001_sqlite_database_upgrades_with_link_keys_tokens_and_window_keys(
     engine = open_engine(f"sqlite:///{db_path}")
     fill_a_0001_database(engine)
     check_the_upgrade_from_0001(engine)
+    engine.dispose()
+
+
+# Case duplicates an older postroom let in: (id, email, status, created), ids 1, 2, 3...
+CASE_DUPLICATES = [
+    (1, "bob@example.org", "active", "02-01 09:00"),
+    (2, "Bob@example.org", "unsubscribed", "02-05 09:00"),  # the most restrictive: kept
+    (3, "BOB@example.org", "pending", "01-15 09:00"),        # the earliest: its created_at
+    (4, "carol@example.org", "active", "02-01 09:00"),
+    (5, "Carol@example.org", "active", "01-20 09:00"),       # equal status, older: kept
+    (6, "dave@example.org", "active", "02-01 09:00"),        # no duplicate
+]
+# (id, kind, digest, subscriber, status): what happens to each is in the test.
+CASE_DUPLICATE_DELIVERIES = [
+    (1, "digest", 1, 1, "sent"),      # bob's sent copy of digest 1: kept, moved to 2
+    (2, "digest", 1, 2, "failed"),    # Bob's copy of digest 1: dropped for the sent one
+    (3, "digest", 2, 1, "pending"),   # moved to the unsubscribed 2: not sent
+    (4, "digest", 1, 4, "pending"),   # carol's unsent copy of digest 1: dropped, 5 had it sent
+    (5, "digest", 1, 5, "sent"),
+    (6, "confirm", None, 3, "pending"),  # names the merged row 3: not sent
+    (7, "digest", 2, 4, "pending"),   # moved to Carol (5), still to send
+    (8, "digest", 2, 6, "pending"),
+]
+
+
+def fill_a_0002_database_with_case_duplicates(engine: Engine) -> None:
+    """Migrate to revision 0002 and write subscribers that differ only in case, with
+    deliveries, as an older postroom could."""
+    migrate(engine, "0002")
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO subscribers (email, status, source, created_at, status_changed_at, "
+            "bounce_count, public_id, unsubscribe_key) VALUES (:email, :status, 'cli', :at, "
+            ":at, :bounces, :public_id, 'key')"
+        ), [dict(email=email, status=status, at=at(created), bounces=number % 2,
+                 public_id=f"p{number}")
+            for number, email, status, created in CASE_DUPLICATES])
+        connection.execute(text(
+            "INSERT INTO digests (created_at, window_start, cutoff, subject, recipients, "
+            "window_key) VALUES (:at, :at, :at, :subject, 3, :key)"
+        ), [{"at": at(day), "subject": subject, "key": day}
+            for day, subject in [("03-01 09:00", "one"), ("03-08 09:00", "two")]])
+        connection.execute(text(
+            "INSERT INTO deliveries (kind, digest_id, subscriber_id, email, status, attempts, "
+            "next_attempt_at) VALUES (:kind, :digest, :subscriber, 'x@example.org', :status, "
+            "0, :at)"
+        ), [dict(kind=kind, digest=digest, subscriber=subscriber, status=status,
+                 at=at("03-08 09:00"))
+            for _id, kind, digest, subscriber, status in CASE_DUPLICATE_DELIVERIES])
+
+
+def check_the_case_duplicates_merged(engine: Engine) -> None:
+    """Upgrade a database filled by fill_a_0002_database_with_case_duplicates and check it."""
+    migrate(engine)
+    assert schema_differences(engine) == []
+    table = subscribers_table
+    with engine.connect() as connection:
+        people = {r.id: r for r in connection.execute(select(table).order_by(table.c.id))}
+        sent = {r.id: r for r in connection.execute(select(deliveries))}
+    assert sorted(people) == [2, 5, 6]
+    bob, carol = people[2], people[5]
+    assert (bob.email, bob.email_key, bob.status) == (
+        "Bob@example.org", "bob@example.org", "unsubscribed")
+    assert bob.created_at == datetime(2025, 1, 15, 9, 0, tzinfo=UTC)
+    assert (carol.email, carol.status, carol.created_at) == (
+        "Carol@example.org", "active", datetime(2025, 1, 20, 9, 0, tzinfo=UTC))
+    assert bob.bounce_count == 1 and people[6].email_key == "dave@example.org"
+    merged = "not sent: merged into the subscriber with the same address in another case"
+    assert {i: (r.subscriber_id, r.status, r.last_reply) for i, r in sent.items()} == {
+        1: (2, "sent", None),
+        3: (2, "failed", merged),
+        5: (5, "sent", None),
+        6: (2, "failed", merged),
+        7: (5, "pending", None),
+        8: (6, "pending", None),
+    }
+    # The new code finds each person in any case, and the database refuses a new variant.
+    with engine.begin() as connection:
+        assert subscribers.find(connection, "BOB@EXAMPLE.ORG").id == 2
+        row, created = subscribers.add(connection, "CAROL@example.org", T0)
+        assert (row.id, created) == (5, False)
+    values = subscribers.new_subscriber("DAVE@example.org", T0, status="active", source="cli")
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(table.insert().values(**values))
+
+
+def test_case_variants_of_one_address_are_merged_by_the_sqlite_migration(db_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{db_path}")
+    fill_a_0002_database_with_case_duplicates(engine)
+    check_the_case_duplicates_merged(engine)
     engine.dispose()
 
 
@@ -430,6 +521,13 @@ def test_a_0001_postgresql_database_upgrades_with_link_keys_tokens_and_window_ke
 ) -> None:
     fill_a_0001_database(pg_engine)
     check_the_upgrade_from_0001(pg_engine)
+
+
+def test_case_variants_of_one_address_are_merged_by_the_postgresql_migration(
+    pg_engine: Engine,
+) -> None:
+    fill_a_0002_database_with_case_duplicates(pg_engine)
+    check_the_case_duplicates_merged(pg_engine)
 
 
 def test_postgresql_digest_with_deliveries(pg_engine: Engine) -> None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from postroom import subscribers
 from postroom.errors import SubscriberError
@@ -62,6 +63,57 @@ def set_status(engine: Engine, email: str, status: str, now: datetime) -> Any:
 
 
 # ---- addresses -------------------------------------------------------------------------------
+
+
+def test_case_variants_of_one_address_are_one_subscriber(engine: Engine) -> None:
+    first = add(engine, subscribers.normalize_address("Alice.Smith@Example.com"))
+    with engine.begin() as connection:
+        again, created = subscribers.add(connection, "alice.smith@example.com", T0, source="web")
+        shouted = subscribers.find(connection, "ALICE.SMITH@EXAMPLE.COM")
+    assert not created and again.id == shouted.id == first.id
+    # What the person typed is kept (to show, and to send to); the key is the identity.
+    assert (again.email, again.email_key, again.source) == (
+        "Alice.Smith@example.com", "alice.smith@example.com", "cli")
+    assert len(all_rows(engine)) == 1
+
+
+def test_case_variants_of_one_address_stay_unsubscribed(engine: Engine) -> None:
+    add(engine, "bob@example.com")
+    set_status(engine, "bob@example.com", "unsubscribed", T0 + timedelta(days=1))
+    with engine.begin() as connection:
+        row, created = subscribers.add(connection, "BOB@example.com", T0 + timedelta(days=2))
+    assert (created, row.status, row.email) == (False, "unsubscribed", "bob@example.com")
+    assert len(all_rows(engine)) == 1
+
+
+def test_case_variants_of_one_address_are_refused_by_the_database(engine: Engine) -> None:
+    add(engine, "bob@example.com")
+    values = subscribers.new_subscriber("Bob@example.com", T0, status="active", source="cli")
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(subscribers_table.insert().values(**values))
+
+
+def test_plus_tags_and_dots_are_other_addresses(engine: Engine) -> None:
+    # Some providers ignore them, others deliver them to other people: never merged.
+    for email in ("bob@example.com", "bob+news@example.com", "b.o.b@example.com"):
+        add(engine, email)
+    assert [row[1] for row in all_rows(engine)] == [
+        "bob@example.com", "bob+news@example.com", "b.o.b@example.com"]
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,15}@[A-Za-z0-9]{1,10}\.(org|COM|Net)",
+                     fullmatch=True), st.randoms(use_true_random=False))
+@settings(max_examples=200, deadline=None)
+def test_case_variants_of_one_address_have_one_key(typed: str, random: Any) -> None:
+    variant = "".join(c.upper() if random.random() < 0.5 else c.lower() for c in typed)
+    try:
+        email = subscribers.normalize_address(typed)
+    except SubscriberError:
+        return
+    other = subscribers.normalize_address(variant)
+    assert subscribers.address_key(email) == subscribers.address_key(other)
+    assert subscribers.address_key(email) == email.lower()
+    assert email.split("@")[0] == typed.split("@")[0]  # what was typed is kept
 
 
 @pytest.mark.parametrize(
@@ -385,11 +437,29 @@ def test_import_never_reactivates_unsubscribed_or_bounced(engine: Engine, tmp_pa
     before = {email: tuple(row_of(engine, email)) for email in ("gone@example.org",
                                                                 "bounced@example.org")}
     text = "email\nGONE@example.org\ngone@EXAMPLE.ORG\nbounced@example.org\n"
-    # The local part's case is kept, so GONE@ is another address; gone@EXAMPLE.ORG is gone@.
+    # GONE@ is gone@ in another case: the same subscriber; gone@EXAMPLE.ORG repeats it.
     report = import_text(engine, text, T0, status="active")
-    assert report.kept_status == 2 and report.added == 1
+    assert report.kept_status == 2 and report.added == 0
+    assert [str(p) for p in report.problems] == [
+        "list.csv:3: gone@example.org repeats line 2"]
     for email, row in before.items():
         assert tuple(row_of(engine, email)) == row
+
+
+def test_case_variants_of_one_address_in_an_import_are_one_subscriber(engine: Engine) -> None:
+    add(engine, "bob@example.com")
+    set_status(engine, "bob@example.com", "unsubscribed", T0 + timedelta(days=1))
+    text = "email\nBOB@example.com\nCarol@example.com\ncarol@example.com\n"
+    report = import_text(engine, text, T0 + timedelta(days=2))
+    # BOB@ is the unsubscribed bob@: left unsubscribed, not added next to it.
+    assert (report.added, report.kept_status) == (1, 1)
+    assert [str(p) for p in report.problems] == [
+        "list.csv:4: carol@example.com repeats line 3"]
+    assert [(r.email, r.status) for r in subscribers.iter_subscribers(engine)] == [
+        ("bob@example.com", "unsubscribed"), ("Carol@example.com", "active")]
+    # Another file, days later, with carol in yet another case: still the same subscriber.
+    again = import_text(engine, "email\nCAROL@EXAMPLE.COM\n", T0 + timedelta(days=3))
+    assert (again.added, again.unchanged) == (0, 1)
 
 
 def test_import_as_pending(engine: Engine) -> None:

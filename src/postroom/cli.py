@@ -229,7 +229,8 @@ def subscribers_add(ctx: Context, addresses: tuple[str, ...], pending: bool) -> 
                 continue
             row, created = subscribers.add(
                 connection, email, _now(), status="pending" if pending else "active")
-            ctx.say(f"added {email}" if created else f"{email} is already {row.status}")
+            known = "" if row.email == email else f" (as {row.email})"  # another case
+            ctx.say(f"added {email}" if created else f"{email} is already {row.status}{known}")
     sys.exit(EXIT_PROBLEMS if problems else EXIT_OK)
 
 

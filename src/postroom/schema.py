@@ -54,7 +54,11 @@ subscribers = Table(
     "subscribers",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("email", String(320), nullable=False, unique=True),
+    # What the person typed (the domain lower-cased): shown, and the address mail goes to.
+    Column("email", String(320), nullable=False),
+    # The identity: the whole address lower-cased (subscribers.address_key), so case
+    # variants of one mailbox are one subscriber.
+    Column("email_key", String(320), nullable=False, unique=True),
     Column("name", String(200)),
     # pending | active | unsubscribed | bounced
     Column("status", String(16), nullable=False),

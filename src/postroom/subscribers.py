@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, Engine, Insert, Row, func, select
@@ -48,10 +48,21 @@ def normalize_address(address: str) -> str:
         result = validate_email(candidate, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as err:
         raise SubscriberError(f"{candidate!r} is not a valid email address: {err}") from None
-    # The domain is case-insensitive; the local part is kept as given (RFC 5321 §2.4).
-    # The ASCII form: an internationalized domain as IDNA ("xn--"), which SMTP without
-    # SMTPUTF8 and the To header can carry; its Unicode form would stop the sender.
+    # The domain is case-insensitive; the local part is kept as typed (RFC 5321 §2.4), and
+    # identity ignores its case (address_key). The ASCII form: an internationalized domain
+    # as IDNA ("xn--"), which SMTP without SMTPUTF8 and the To header can carry; its
+    # Unicode form would stop the sender.
     return str(result.ascii_email)
+
+
+def address_key(email: str) -> str:
+    """Given a normalized address, return its identity: the whole address lower-cased.
+
+    Real providers treat the local part case-insensitively, so `Bob@` and `bob@` are one
+    mailbox and one subscriber. Plus tags and dots are kept: some providers ignore them,
+    others deliver them to different people, so stripping them would merge strangers.
+    """
+    return email.lower()
 
 
 def link_keys() -> dict[str, str]:
@@ -60,7 +71,8 @@ def link_keys() -> dict[str, str]:
 
 
 def find(connection: Connection, email: str) -> Row[Any] | None:
-    query = select(subscribers).where(subscribers.c.email == email)
+    """Given an address in any case, return its subscriber row, or None."""
+    query = select(subscribers).where(subscribers.c.email_key == address_key(email))
     return connection.execute(query).first()
 
 
@@ -70,9 +82,10 @@ def add(
 ) -> tuple[Row[Any], bool]:
     """Add an address with a status; return its row and whether it was created.
 
-    An existing address is left as it is: re-adding never re-activates an unsubscribed
-    or bounced address (that takes a new confirmation). `stamps` carries known times
-    (created_at, confirmed_at, unsubscribed_at) over from an export; the rest are `now`.
+    An existing address, in any case, is left as it is: re-adding never re-activates an
+    unsubscribed or bounced address (that takes a new confirmation). `stamps` carries
+    known times (created_at, confirmed_at, unsubscribed_at) over from an export; the rest
+    are `now`.
     """
     existing = find(connection, email)
     if existing is not None:
@@ -94,8 +107,9 @@ def new_subscriber(
     link keys, since they are per-subscriber secrets.
     """
     values: dict[str, Any] = dict(
-        email=email, name=name, status=status, source=source, created_at=now, bounce_count=0,
-        confirmed_at=None, unsubscribed_at=None, bounced_at=None, **link_keys(),
+        email=email, email_key=address_key(email), name=name, status=status, source=source,
+        created_at=now, bounce_count=0, confirmed_at=None, unsubscribed_at=None, bounced_at=None,
+        **link_keys(),
     )
     if status in STATUS_STAMPS:
         values[STATUS_STAMPS[status]] = now
@@ -164,12 +178,22 @@ class ImportReport:
     problems: list[Problem] = field(default_factory=list)
 
 
+class _Row(NamedTuple):
+    """A good row of an import: its line, its address as typed, and its other facts."""
+
+    line: int
+    email: str
+    facts: dict[str, Any]
+
+
 @dataclass
 class _Batch:
-    """One batch of an import's rows: the first row of each address, and the bad ones."""
+    """One batch of an import's rows: the first row of each address, and the bad ones.
 
-    firsts: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # line, facts
-    repeats: list[tuple[int, str]] = field(default_factory=list)  # line, email
+    Keyed by address_key, so `BOB@` repeats `bob@`; the email kept is the one typed."""
+
+    firsts: dict[str, _Row] = field(default_factory=dict)
+    repeats: list[tuple[int, str, str]] = field(default_factory=list)  # line, email, key
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -227,20 +251,22 @@ def _check_rows(
         except SubscriberError as err:
             batch.problems.append(Problem(path, line, str(err)))
             continue
-        if email in batch.firsts:
-            batch.repeats.append((line, email))
+        key = address_key(email)
+        if key in batch.firsts:
+            batch.repeats.append((line, email, key))
         else:
-            batch.firsts[email] = (line, facts)
+            batch.firsts[key] = _Row(line, email, facts)
     return batch
 
 
 def _report_repeats(path: Path, batch: _Batch, seen: SeenAddresses) -> None:
     """Drop from the batch the addresses an earlier batch had; report every repeat's line."""
-    earlier = seen.record({email: line for email, (line, _facts) in batch.firsts.items()})
-    for email in earlier:
-        batch.repeats.append((batch.firsts.pop(email)[0], email))
-    for line, email in batch.repeats:
-        first = earlier[email] if email in earlier else batch.firsts[email][0]
+    earlier = seen.record({key: row.line for key, row in batch.firsts.items()})
+    for key in earlier:
+        row = batch.firsts.pop(key)
+        batch.repeats.append((row.line, row.email, key))
+    for line, email, key in batch.repeats:
+        first = earlier[key] if key in earlier else batch.firsts[key].line
         batch.problems.append(Problem(path, line, f"{email} repeats line {first}"))
 
 
@@ -251,13 +277,14 @@ def _insert_new(
     """Insert the batch's addresses that are not subscribers yet; count the others."""
     if not batch.firsts:
         return
-    query = select(subscribers.c.email, subscribers.c.status)
-    existing = dict(connection.execute(query.where(subscribers.c.email.in_(batch.firsts))).all())
+    query = select(subscribers.c.email_key, subscribers.c.status)
+    known = subscribers.c.email_key.in_(batch.firsts)
+    existing = dict(connection.execute(query.where(known)).all())
     new_rows = [
-        new_subscriber(email, now, status=facts.get("status", status),
-                       source=facts.get("source", source), name=facts.get("name"),
-                       stamps={k: v for k, v in facts.items() if k.endswith("_at")})
-        for email, (_line, facts) in batch.firsts.items() if email not in existing
+        new_subscriber(row.email, now, status=row.facts.get("status", status),
+                       source=row.facts.get("source", source), name=row.facts.get("name"),
+                       stamps={k: v for k, v in row.facts.items() if k.endswith("_at")})
+        for key, row in batch.firsts.items() if key not in existing
     ]
     if new_rows:
         connection.execute(_insert_skipping_existing(connection), new_rows)
@@ -276,17 +303,18 @@ def _insert_skipping_existing(connection: Connection) -> Insert:
     process (a subscribe form) added since, which is then counted as added, not unchanged.
     """
     if connection.dialect.name == "postgresql":
-        return postgresql_insert(subscribers).on_conflict_do_nothing(index_elements=["email"])
+        return postgresql_insert(subscribers).on_conflict_do_nothing(index_elements=["email_key"])
     if connection.dialect.name == "sqlite":
-        return sqlite_insert(subscribers).on_conflict_do_nothing(index_elements=["email"])
+        return sqlite_insert(subscribers).on_conflict_do_nothing(index_elements=["email_key"])
     return subscribers.insert()
 
 
 class SeenAddresses:
     """The addresses an import has met so far, each with the line it was first on.
 
-    Kept in a private temporary SQLite file, not a Python dict: a million addresses take
-    over 100 MB as Python objects, and only SQLite's small page cache here.
+    The addresses are address keys. Kept in a private temporary SQLite file, not a Python
+    dict: a million addresses take over 100 MB as Python objects, and only SQLite's small
+    page cache here.
     """
 
     IN_LIST = 500  # addresses per look-up, well below SQLite's limit on parameters
