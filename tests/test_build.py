@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
+
 from feedreader import read_feed
 from postroom.build import SiteBuilder
+from postroom.collection import PostsFolderError
 from postroom.output import MANIFEST
 from sites import NOW, Site
 
@@ -163,6 +167,78 @@ def test_a_removed_post_leaves_the_feeds(site: Site) -> None:
     report = site.build(NOW)
     assert sorted(report.removed) == FEEDS_OF["b"]
     assert [e.title for e in read_feed("feed.atom", site.feed("feed.atom")).entries] == ["Alpha"]
+
+
+def output_state(site: Site) -> dict[str, tuple[int, bytes]]:
+    """Every output file with its mtime and bytes: what a feed reader would be served."""
+    return {name: (mtime, site.feed(name)) for name, mtime in site.output_files().items()}
+
+
+def test_a_missing_posts_folder_leaves_the_feeds_as_they_were(site: Site) -> None:
+    two_tag_site(site)
+    builder = SiteBuilder(site.settings())  # one builder, as the daemon keeps
+    builder.build(NOW)
+    before = output_state(site)
+    site.posts.rename(site.root / "posts.away")
+
+    # The daemon's rebuild job, and `postroom build`, both end up here.
+    for attempt in (builder, site.builder()):
+        with pytest.raises(PostsFolderError) as raised:
+            attempt.build(NOW)
+        assert str(raised.value) == (
+            f"{site.posts}: the posts folder does not exist; "
+            f"the feeds in {site.output} are left as they were")
+    assert output_state(site) == before
+
+    # Back where it was: the next scan builds as before, rewriting nothing.
+    (site.root / "posts.away").rename(site.posts)
+    report = builder.build(NOW)
+    assert (report.written, report.removed, report.published) == ([], [], 2)
+    assert output_state(site) == before
+
+
+def test_a_posts_folder_suddenly_empty_leaves_the_feeds_as_they_were(site: Site) -> None:
+    two_tag_site(site)
+    builder = SiteBuilder(site.settings())
+    builder.build(NOW)
+    before = output_state(site)
+    away = site.root / "away"
+    away.mkdir()
+    for post in site.posts.iterdir():  # an unmounted disk, a checkout half-way: no files
+        post.rename(away / post.name)
+
+    with pytest.raises(PostsFolderError, match=re.escape(
+            f"{site.posts}: the posts folder has no post files, but the last build had 2; "
+            f"the feeds in {site.output} are left as they were")):
+        builder.build(NOW)
+    assert output_state(site) == before
+    with pytest.raises(PostsFolderError):
+        site.build(NOW)  # a new process knows it from the manifest
+    assert output_state(site) == before
+    # Checking writes nothing, so it may say what it sees: no posts.
+    assert site.build(NOW, write=False).published == 0
+
+    # Emptied on purpose: say so once; from then on an empty folder is what is expected.
+    emptied = site.builder().build(NOW, allow_empty=True)
+    assert sorted(emptied.removed) == FEEDS_OF["a"] + FEEDS_OF["b"]
+    assert read_feed("feed.atom", site.feed("feed.atom")).entries == []
+    assert site.build(NOW).published == 0
+
+
+def test_a_new_site_with_no_posts_builds_empty_feeds(site: Site) -> None:
+    report = site.build(NOW)
+    assert report.published == 0 and "feed.atom" in report.written
+    assert site.build(NOW).unchanged
+
+
+def test_a_manifest_of_an_older_version_still_removes_stale_feeds(site: Site) -> None:
+    two_tag_site(site)
+    site.build(NOW)
+    # Older versions wrote the list of files alone.
+    (site.output / MANIFEST).write_text('["feed.atom", "tags/b.atom", "tags/b.json"]')
+    (site.posts / "2025-01-02-beta.md").unlink()
+    report = site.build(NOW)
+    assert sorted(report.removed) == ["tags/b.atom", "tags/b.json"]
 
 
 def test_check_mode_writes_nothing(site: Site) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from feedreader import read_feed
-from postroom.collection import PostCollection, newest_first
+from postroom.collection import PostCollection, PostsFolderError, newest_first
 from sites import NOW, Site
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -67,11 +70,42 @@ def test_removed_and_added_files_are_changes(site: Site) -> None:
     assert (added.parsed, added.changed) == (1, True)
 
 
-def test_missing_posts_folder_is_one_problem(tmp_path: Path) -> None:
+def test_a_missing_posts_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     folder = tmp_path / "nowhere"
-    scan = PostCollection(folder, BERLIN, "h").scan()
-    assert scan.posts == []
-    assert [str(p) for p in scan.problems] == [f"{folder}: posts folder does not exist"]
+    with pytest.raises(PostsFolderError, match=re.escape(
+            f"{folder}: the posts folder does not exist")):
+        PostCollection(folder, BERLIN, "h").scan()
+    folder.write_text("a file where the folder should be")
+    with pytest.raises(PostsFolderError, match=re.escape(
+            f"{folder}: the posts folder is not a folder")):
+        PostCollection(folder, BERLIN, "h").scan()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_an_unreadable_posts_folder_is_an_error_naming_it(site: Site) -> None:
+    site.write_post("a.md", "A.\n", title="A", date=date(2025, 1, 1))
+    hidden = site.posts / "2024"
+    hidden.mkdir()
+    hidden.chmod(0)
+    try:
+        with pytest.raises(PostsFolderError, match=re.escape(f"{hidden}: cannot read")):
+            collection(site).scan()
+    finally:
+        hidden.chmod(0o755)
+
+
+def test_a_missing_posts_folder_keeps_the_cache_for_its_return(site: Site) -> None:
+    site.write_post("a.md", "A.\n", title="A", date=date(2025, 1, 1))
+    posts = collection(site)
+    first = posts.scan()
+    site.posts.rename(site.root / "posts.away")
+    with pytest.raises(PostsFolderError):
+        posts.scan()
+    (site.root / "posts.away").rename(site.posts)
+    back = posts.scan()
+    # Nothing changed on disk, so nothing is parsed again (and the feeds are not rebuilt).
+    assert (back.parsed, back.changed, back.files) == (0, False, 1)
+    assert back.posts == first.posts
 
 
 def test_published_excludes_drafts_and_future_posts_newest_first(site: Site) -> None:

@@ -7,11 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from postroom.collection import PostCollection, Scan
+from postroom.collection import PostCollection, PostsFolderError, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
 from postroom.feeds import STYLESHEET, plan_feeds, render_feed, tag_slug
-from postroom.output import read_manifest, remove_stale, write_atomic, write_manifest
+from postroom.output import (
+    read_manifest,
+    read_manifest_post_files,
+    remove_stale,
+    write_atomic,
+    write_manifest,
+)
 from postroom.posts import Post
 from postroom.render import RenderedPost, Renderer
 from postroom.templates import render, template_environment
@@ -30,6 +36,7 @@ class BuildReport:
     removed: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     parsed: int = 0
+    post_files: int = 0  # good or bad: what the next build compares an empty folder with
 
 
 class SiteBuilder:
@@ -92,10 +99,28 @@ class SiteBuilder:
                             "subscribe_url": self.settings.public_url + "/subscribe"}}
         return render(self.templates, STYLESHEET, context).encode("utf-8")
 
-    def build(self, now: datetime, *, write: bool = True) -> BuildReport:
-        """Scan, render and (unless write is False) write the feeds; return what happened."""
-        scan = self.last_scan = self.collection.scan()
-        report = BuildReport(problems=scan.problems, parsed=scan.parsed)
+    def build(self, now: datetime, *, write: bool = True, allow_empty: bool = False
+              ) -> BuildReport:
+        """Scan, render and (unless write is False) write the feeds; return what happened.
+
+        Raises PostsFolderError, writing nothing, when the posts folder is missing or
+        unreadable, or has no post files while the last build had some (a folder moved or
+        a disk not mounted must not empty the live feeds); `allow_empty` writes them empty.
+        """
+        output = self.settings.output_dir
+        try:
+            scan = self.collection.scan()
+        except PostsFolderError as err:
+            raise PostsFolderError(f"{err}; the feeds in {output} are left as they were") from err
+        if write and not allow_empty and scan.files == 0:
+            before = read_manifest_post_files(output)
+            if before:
+                raise PostsFolderError(
+                    f"{self.settings.posts_dir}: the posts folder has no post files, but the "
+                    f"last build had {before}; the feeds in {output} are left as they were "
+                    f"(if every post was removed on purpose: postroom build --allow-empty)")
+        self.last_scan = scan
+        report = BuildReport(problems=scan.problems, parsed=scan.parsed, post_files=scan.files)
         report.published = len(scan.published(now))
         report.feeds = self.feeds(scan, now)
         if write:
@@ -110,7 +135,7 @@ class SiteBuilder:
             changed = write_atomic(folder / name, data)
             (report.written if changed else report.unchanged).append(name)
         report.removed = remove_stale(folder, read_manifest(folder) - report.feeds.keys())
-        write_manifest(folder, report.feeds)
+        write_manifest(folder, report.feeds, report.post_files)
 
 
 def _newest_with_tag(published: Sequence[Post], tag: str | None, limit: int) -> list[Post]:

@@ -136,11 +136,17 @@ def print_problems(problems: list[Problem]) -> None:
 
 
 @main.command()
+@click.option("--allow-empty", is_flag=True,
+              help="Write empty feeds even though the last build had posts.")
 @common_options
-def build(ctx: Context) -> None:
-    """Scan the posts and write the feeds that changed."""
+def build(ctx: Context, allow_empty: bool) -> None:
+    """Scan the posts and write the feeds that changed.
+
+    A missing posts folder, or an empty one where the last build had posts, is an error
+    (exit 2) that leaves the feeds as they were.
+    """
     settings = ctx.settings()
-    report = SiteBuilder(settings).build(datetime.now(UTC))
+    report = SiteBuilder(settings).build(datetime.now(UTC), allow_empty=allow_empty)
     print_problems(report.problems)
     ctx.say(_summary(report, settings))
     if ctx.verbosity > 0:

@@ -8,11 +8,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from postroom.errors import Problem
+from postroom.errors import PostroomError, Problem
 from postroom.posts import ParsedFile, Post, iter_post_files, read_post_file
 
 # What identifies a file's version without reading it: size and modification time (ns).
 FileKey = tuple[int, int]
+
+
+class PostsFolderError(PostroomError):
+    """The posts folder is missing, unreadable, or suddenly empty: nothing is built from it.
+
+    An error, not a problem with a post: building from it would empty the live feeds.
+    """
 
 
 @dataclass
@@ -23,6 +30,7 @@ class Scan:
     problems: list[Problem]
     changed: bool
     parsed: int = 0  # files actually read and parsed this pass (the rest came from the cache)
+    files: int = 0  # post files found, good or bad
 
     def published(self, now: datetime) -> list[Post]:
         """Given the current time, return the public posts, newest first."""
@@ -39,20 +47,26 @@ class PostCollection:
     _cache: dict[str, tuple[FileKey, ParsedFile]] = field(default_factory=dict)
 
     def scan(self) -> Scan:
-        """Return the collection as it is on disk now."""
+        """Return the collection as it is on disk now, or raise PostsFolderError."""
         if not self.folder.is_dir():
-            problem = Problem(self.folder, 0, "posts folder does not exist")
-            return Scan([], [problem], changed=bool(self._cache))
+            what = "is not a folder" if self.folder.exists() else "does not exist"
+            raise PostsFolderError(f"{self.folder}: the posts folder {what}")
         seen: dict[str, tuple[FileKey, ParsedFile]] = {}
         parsed = 0
-        for entry in iter_post_files(self.folder):
-            key = _file_key(entry)
-            cached = self._cache.get(entry.path)
-            if cached is not None and cached[0] == key:
-                seen[entry.path] = cached
-                continue
-            seen[entry.path] = (key, read_post_file(Path(entry.path), self.zone))
-            parsed += 1
+        try:
+            for entry in iter_post_files(self.folder):
+                key = _file_key(entry)
+                cached = self._cache.get(entry.path)
+                if cached is not None and cached[0] == key:
+                    seen[entry.path] = cached
+                    continue
+                seen[entry.path] = (key, read_post_file(Path(entry.path), self.zone))
+                parsed += 1
+        except OSError as err:
+            # A folder that cannot be listed would drop its posts from the feeds unseen.
+            where = err.filename or self.folder
+            raise PostsFolderError(
+                f"{where}: cannot read the posts folder: {err.strerror or err}") from err
         changed = parsed > 0 or seen.keys() != self._cache.keys()
         self._cache = seen
         outcomes = [outcome for _, outcome in seen.values()]
@@ -60,7 +74,7 @@ class PostCollection:
             [o.post for o in outcomes if o.post is not None], self.host
         )
         problems += [p for o in outcomes for p in o.problems]
-        return Scan(posts, sorted(problems), changed=changed, parsed=parsed)
+        return Scan(posts, sorted(problems), changed=changed, parsed=parsed, files=len(seen))
 
 
 def _file_key(entry: os.DirEntry[str]) -> FileKey:

@@ -9,7 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # Lists the files postroom wrote, so a stale tag feed can be removed without ever touching
-# a file of the blog's own that shares the folder.
+# a file of the blog's own that shares the folder; and how many post files they were built
+# from, so a posts folder that is suddenly empty can be told from one emptied on purpose.
+# Older versions wrote the list alone, which still reads.
 MANIFEST = ".postroom-manifest.json"
 
 
@@ -51,16 +53,32 @@ def _fsync_dir(folder: Path) -> None:
 
 def read_manifest(folder: Path) -> set[str]:
     """Return the relative paths postroom wrote in the folder last time (empty if none)."""
-    try:
-        names = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
+    recorded = _read_manifest_json(folder)
+    names = recorded.get("files") if isinstance(recorded, dict) else recorded
     return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
 
-def write_manifest(folder: Path, names: Iterable[str]) -> None:
-    """Record the relative paths postroom wrote in the folder."""
-    text = json.dumps(sorted(names), indent=1) + "\n"
+def read_manifest_post_files(folder: Path) -> int | None:
+    """Return how many post files the last build in the folder found (None if unknown)."""
+    recorded = _read_manifest_json(folder)
+    count = recorded.get("post_files") if isinstance(recorded, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def _read_manifest_json(folder: Path) -> object:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(folder: Path, names: Iterable[str], post_files: int | None = None) -> None:
+    """Record the relative paths postroom wrote in the folder, and how many post files
+    they were built from when known."""
+    recorded: object = sorted(names)
+    if post_files is not None:
+        recorded = {"files": recorded, "post_files": post_files}
+    text = json.dumps(recorded, indent=1) + "\n"
     write_atomic(folder / MANIFEST, text.encode("utf-8"))
 
 
