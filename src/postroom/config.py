@@ -218,12 +218,18 @@ class WebSettings(Section):
     port: int = Field(default=8080, ge=0, le=65535)
     # Addresses of reverse proxies whose X-Forwarded-For is believed (e.g. ["127.0.0.1"]).
     trusted_proxies: tuple[str, ...] = Field(default=(), strict=False)
-    # POST /subscribe: requests per client address, and per email address, per window.
+    # POST /subscribe: requests per client address, and per mailbox (an address without
+    # its +tag), per window. Kept in the database: restarts and reloads keep them.
     rate_per_client: int = Field(default=5, ge=1)
     rate_per_email: int = Field(default=3, ge=1)
     rate_window_seconds: int = Field(default=3600, ge=1)
     # How long a confirmation link works, and when an unconfirmed request is forgotten.
     confirm_expiry_days: int = Field(default=7, ge=1)
+    # A pending address gets at most one confirmation mail per this many seconds, however
+    # often it is asked for (the visitor's answer is the same either way).
+    confirm_cooldown_seconds: int = Field(default=3600, ge=0)
+    # Confirmation mails per hour across all addresses; requests beyond it send none.
+    confirmations_per_hour: int = Field(default=100, ge=1)
     # Cache-Control max-age of the feeds.
     feed_max_age: int = Field(default=300, ge=0)
 

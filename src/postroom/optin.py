@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, select
 
 from postroom import subscribers
 from postroom.schema import deliveries
@@ -41,24 +41,30 @@ def request_subscription(
 def request_and_queue_confirmation(
     engine: Engine, email: str, now: datetime, source: str, host: str,
     make_token: Callable[[int, str, int], str],
-) -> bool:
+    may_send: Callable[[Connection, str, datetime], bool] = lambda *_: True,
+) -> str:
     """Record a request to subscribe and queue its confirmation email, in one transaction.
 
-    Returns whether a confirmation was queued (an active address needs none). The email
-    goes through the outbox, so a refusal or a restart cannot lose it.
+    Returns "queued", "active" (an active address needs no confirmation) or "held" (the
+    request is recorded, but `may_send` said no mail now). `may_send` is asked, in the same
+    transaction, with the subscriber's id and status version ("12.1767268800000"): a new
+    status (after an unsubscribe, say) is a new subscriber to it. The email goes through the
+    outbox, so a refusal or a restart cannot lose it.
     """
     with engine.begin() as connection:
         row, _created = subscribers.add(connection, email, now, status="pending", source=source)
         if row.status == "active":
-            return False
+            return "active"
         version = version_of(row.status_changed_at)
+        if not may_send(connection, f"{row.id}.{version}", now):
+            return "held"
         token = make_token(int(row.id), email, version)
         message_id = f"<confirm.{row.public_id}.{version}@{host}>"
         connection.execute(insert(deliveries).values(
             kind="confirm", subscriber_id=row.id, email=email, status="pending", attempts=0,
             next_attempt_at=now, message_id=message_id, payload=token,
         ))
-    return True
+    return "queued"
 
 
 def subscriber_of_link(engine: Engine, token: str) -> int | None:

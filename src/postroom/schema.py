@@ -146,3 +146,18 @@ deliveries = Table(
     Index("ix_deliveries_due", "status", "next_attempt_at", "id"),
     Index("ix_deliveries_lease", "status", "lease_until"),
 )
+
+# Recent hits on the public endpoints' limits: requests per client and per mailbox, and
+# confirmation mails per subscriber and in all. Kept here, not in memory, so a restart or a
+# reload resets none of them; rows older than their bucket's window are pruned as hits come.
+# `key` is a keyed hash: no address or IP is stored.
+limit_hits = Table(
+    "limit_hits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bucket", String(16), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_limit_hits_key", "bucket", "key", "at"),
+    Index("ix_limit_hits_age", "bucket", "at"),
+)

@@ -1,42 +1,102 @@
-"""Rate limits for public endpoints: a sliding window per key, in memory.
+"""Limits on the public endpoints, kept in the database: sliding windows per key.
 
-Per process: with several daemons behind one proxy, each enforces its own window, so the
-effective limit is multiplied by their number (the proxy can add a global one).
+In the database rather than in memory, so a restart or a SIGHUP resets none of them, and
+several processes on one database share them. Keys are stored as keyed hashes: the table
+holds no address and no IP. Each hit prunes its bucket's rows older than the window.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
-import time
-from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, delete, insert, select
+
+from postroom.config import WebSettings
+from postroom.schema import limit_hits
 
 
-class SlidingWindow:
-    """At most `limit` hits per key in any `window` seconds."""
+@dataclass(frozen=True)
+class Window:
+    """At most `limit` hits per key of `bucket` in any `seconds`."""
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
-        self.limit, self.window, self.clock = limit, window, clock
-        self._hits: dict[str, deque[float]] = {}
+    bucket: str
+    limit: int
+    seconds: float
 
-    def hit(self, key: str) -> float:
-        """Count a hit for key; return 0 if allowed, else seconds until one would be."""
-        now = self.clock()
-        hits = self._hits.setdefault(key, deque())
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) >= self.limit:
-            return max(hits[0] + self.window - now, 0.001)
-        hits.append(now)
-        self._forget_idle(now)
-        return 0.0
+    def wait(self, connection: Connection, key: str, now: datetime) -> float:
+        """Return 0 if key has room for a hit now, else the seconds until it will."""
+        since = now - timedelta(seconds=self.seconds)
+        # Pruning here keeps the table at most one window deep, whatever the traffic.
+        connection.execute(delete(limit_hits).where(
+            limit_hits.c.bucket == self.bucket, limit_hits.c.at <= since))
+        times = connection.execute(
+            select(limit_hits.c.at)
+            .where(limit_hits.c.bucket == self.bucket, limit_hits.c.key == key,
+                   limit_hits.c.at > since)
+            .order_by(limit_hits.c.at).limit(self.limit)
+        ).scalars().all()
+        if len(times) < self.limit:
+            return 0.0
+        return max((times[0] - since).total_seconds(), 0.001)
 
-    def _forget_idle(self, now: float) -> None:
-        # Bounded memory under a flood of distinct keys: drop keys with no recent hit.
-        if len(self._hits) > 10_000:
-            idle = [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]
-            for key in idle:
-                del self._hits[key]
+    def record(self, connection: Connection, key: str, now: datetime) -> None:
+        connection.execute(insert(limit_hits).values(bucket=self.bucket, key=key, at=now))
+
+    def hit(self, connection: Connection, key: str, now: datetime) -> float:
+        """Count a hit for key if it has room; return 0 if counted, else seconds to wait."""
+        wait = self.wait(connection, key, now)
+        if not wait:
+            self.record(connection, key, now)
+        return wait
+
+
+class RequestLimits:
+    """The subscription endpoints' limits: what a client or a mailbox may ask for, and how
+    many confirmation mails go out (one per pending subscriber per cool-down, a cap in all)."""
+
+    def __init__(self, secret: str, web: WebSettings) -> None:
+        self._secret = hashlib.sha256(f"postroom.limits:{secret}".encode()).digest()
+        self.per_client = Window("client", web.rate_per_client, web.rate_window_seconds)
+        self.per_mailbox = Window("mailbox", web.rate_per_email, web.rate_window_seconds)
+        self.per_subscriber = Window("confirm", 1, web.confirm_cooldown_seconds)
+        self.confirmations = Window("confirm-all", web.confirmations_per_hour, 3600)
+
+    def key(self, value: str) -> str:
+        """Given a client address or a mailbox, return the hash the table keeps for it."""
+        return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def admit_blocking(self, engine: Engine, client: str, mailbox: str | None,
+                       now: datetime) -> float:
+        """Count a subscription request from client (for mailbox, if it names one); return 0
+        if it may proceed, else the seconds until it may."""
+        with engine.begin() as connection:
+            wait = self.per_client.hit(connection, self.key(client), now)
+            if wait or mailbox is None:
+                return wait
+            return self.per_mailbox.hit(connection, self.key(mailbox), now)
+
+    def may_confirm(self, connection: Connection, subscriber: str, now: datetime) -> bool:
+        """Whether a confirmation mail may go to `subscriber` (its id and status version) now;
+        if so, it is counted. Runs in the transaction that queues the mail."""
+        key = self.key(subscriber)
+        if self.per_subscriber.wait(connection, key, now):
+            return False
+        if self.confirmations.wait(connection, "", now):
+            return False
+        self.per_subscriber.record(connection, key, now)
+        self.confirmations.record(connection, "", now)
+        return True
+
+
+def mailbox_of(email: str) -> str:
+    """Given a normalized address, return the mailbox it reaches: lower case, no +tag
+    (victim+1@ and victim+2@ land in one inbox, so they share one limit)."""
+    local, _, domain = email.rpartition("@")
+    return f"{local.split('+', 1)[0] or local}@{domain}".lower()
 
 
 def retry_after(seconds: float) -> str:

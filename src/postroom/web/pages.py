@@ -19,7 +19,7 @@ from postroom.errors import SubscriberError
 from postroom.subscribers import normalize_address
 from postroom.tokens import ExpiredToken, InvalidToken
 from postroom.web.csrf import COOKIE
-from postroom.web.limits import retry_after
+from postroom.web.limits import mailbox_of, retry_after
 from postroom.web.state import WebState
 
 log = logging.getLogger(__name__)
@@ -95,19 +95,21 @@ async def _request(state: WebState, request: Request, raw: str, honeypot: str,
                    as_json: bool = False) -> Response | str | None:
     """Apply the limits and validation; return a response to send, an error, or None (ok)."""
     client = request.client.host if request.client else "unknown"
-    wait = state.per_client.hit(client)
+    try:
+        email: str | None = normalize_address(raw)
+    except SubscriberError:
+        email = None
+    # A bot's request (honeypot) and a non-address count against the client only.
+    mailbox = mailbox_of(email) if email and not honeypot else None
+    wait = await asyncio.to_thread(state.limits.admit_blocking, state.engine, client, mailbox,
+                                   state.clock())
     if wait:
         return _too_many(state, wait, as_json)
     if honeypot:
         log.info("honeypot filled by %s: ignored", client)
         return None
-    try:
-        email = normalize_address(raw)
-    except SubscriberError:
+    if email is None:
         return "That does not look like an email address."
-    wait = state.per_email.hit(email.lower())
-    if wait:
-        return _too_many(state, wait, as_json)
     return None
 
 
@@ -131,14 +133,17 @@ def _done(state: WebState, response: Response, raw: str) -> Response:
 
 
 async def _record_and_confirm(state: WebState, email: str) -> None:
-    queued = await asyncio.to_thread(
+    outcome = await asyncio.to_thread(
         optin.request_and_queue_confirmation, state.engine, email, state.clock(), "web",
-        state.settings.site.host, state.tokens.confirm)
-    if not queued:
+        state.settings.site.host, state.tokens.confirm, state.limits.may_confirm)
+    if outcome == "active":
         log.info("subscribe request for an active address: nothing to send")
-        return
-    log.info("confirmation to %s queued", email)
-    state.outbox_ready()
+    elif outcome == "held":
+        # Within the address's cool-down, or over the hourly cap: the same answer, no mail.
+        log.info("subscribe request recorded; no confirmation now (cool-down or hourly cap)")
+    else:
+        log.info("confirmation to %s queued", email)
+        state.outbox_ready()
 
 
 async def _subscriber_of(state: WebState, token: str) -> int:

@@ -18,7 +18,7 @@ from postroom.tokens import Tokens
 from postroom.transport import Transport
 from postroom.web.csrf import Csrf
 from postroom.web.feedfiles import FeedFiles
-from postroom.web.limits import SlidingWindow
+from postroom.web.limits import RequestLimits
 
 
 @dataclass
@@ -42,8 +42,7 @@ class WebState:
     csrf: Csrf
     transport: Transport
     feeds: FeedFiles
-    per_client: SlidingWindow
-    per_email: SlidingWindow
+    limits: RequestLimits
     health: Health = field(default_factory=Health)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # Called (on the loop) when mail was queued in the outbox: the owner sends it soon.
@@ -52,14 +51,20 @@ class WebState:
     @classmethod
     def create(cls, settings: Settings, engine: Engine, templates: Environment, secret: str,
                transport: Transport, health: Health | None = None) -> WebState:
-        web = settings.web
         return cls(
             settings=settings, engine=engine, templates=templates, tokens=Tokens(secret),
             csrf=Csrf(secret), transport=transport, feeds=FeedFiles(settings.output_dir),
-            per_client=SlidingWindow(web.rate_per_client, web.rate_window_seconds),
-            per_email=SlidingWindow(web.rate_per_email, web.rate_window_seconds),
+            limits=RequestLimits(secret, settings.web),
             health=health or Health(),
         )
+
+    def url(self, path: str) -> str:
+        """Given a path of the app ("/subscribe"), return its absolute URL.
+
+        Always under the configured public URL: a URL built from the request's Host header
+        would let anybody who sends one put their own site into our redirects and forms.
+        """
+        return self.settings.public_url + path
 
     def page(self, name: str, **context: Any) -> str:
         site = self.settings.site
