@@ -122,8 +122,51 @@ def test_import_without_an_email_column(
     path.write_text("name,address\nAlice,alice@example.org\n", encoding="utf-8")
     result = postroom("subscribers", "import", str(path))
     assert result.returncode == 1
-    assert result.stderr == f"{path}:1: header has no 'email' column\n"
+    assert result.stderr == f"{path}:1: {subscribers.NO_EMAIL_COLUMN}\n"
     assert_no_traceback(result)
+
+
+def test_a_field_over_128_kb_or_a_nul_byte_is_a_bad_row_not_a_traceback(
+    make_postroom: Callable[[str], Postroom], tmp_path: Path
+) -> None:
+    postroom = make_postroom("site")
+    path = tmp_path / "list.csv"
+    huge = "x" * 200_000
+    path.write_text(f"email,notes\na@example.org,\nb@example.org,{huge}\nc@exa\x00mple.org,\n"
+                    "d@example.org,\n", encoding="utf-8")
+
+    result = postroom("subscribers", "import", str(path))
+
+    assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:3: a field is longer than 131072 characters",
+        f"{path}:4: the row holds a NUL byte (is this a text file?)",
+    ]
+    assert result.stdout.startswith("2 added")
+
+
+def test_a_mailchimp_export_and_a_headerless_list_import(
+    make_postroom: Callable[[str], Postroom], tmp_path: Path
+) -> None:
+    postroom = make_postroom("site")
+    mailchimp = tmp_path / "members.csv"
+    mailchimp.write_text('"Email Address","First Name","Last Name",MEMBER_RATING,TAGS\n'
+                         'ada@example.org,Ada,Lovelace,2,\n', encoding="utf-8-sig")
+    headerless = tmp_path / "addresses.txt"
+    headerless.write_text("grace@example.org\r\nADA@example.org\r\n", encoding="utf-8")
+
+    first = postroom("subscribers", "import", str(mailchimp))
+    second = postroom("subscribers", "import", str(headerless))
+
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert first.stdout.startswith("1 added") and second.stdout.startswith("1 added, 1 already")
+    listed = postroom("subscribers", "list", "--quiet").stdout.splitlines()
+    assert [line.split("\t")[0] for line in listed] == ["ada@example.org", "grace@example.org"]
+    engine = postroom.engine()
+    with engine.connect() as connection:
+        assert subscribers.find(connection, "ada@example.org").name == "Ada Lovelace"
+    engine.dispose()
 
 
 def test_add_remove_and_list(make_postroom: Callable[[str], Postroom]) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import io
 
 import pytest
 
-from postroom.csvimport import CsvTable, decoded_lines
+from postroom.csvimport import CsvRow, CsvTable, decoded_lines
 
 TEXT = "email,name\r\na@example.org,Zoë\r\n"
 
@@ -46,11 +47,43 @@ def test_table_finds_the_delimiter_and_numbers_rows_by_their_last_line() -> None
     table = CsvTable(io.BytesIO(raw.encode("utf-8")))
     assert (table.delimiter, table.header) == (";", ["name", " Email "])
     assert list(table.rows()) == [
-        (3, ["Two\r\nlines", "a@example.org"]), (4, []), (5, ["B", "b@example.org"]),
+        CsvRow(3, ["Two\r\nlines", "a@example.org"]), CsvRow(4, []),
+        CsvRow(5, ["B", "b@example.org"]),
     ]
     assert table.bytes_read() == len(raw)
 
 
-def test_a_header_without_email_is_read_with_commas() -> None:
-    table = CsvTable(io.BytesIO(b"name;mail\nA;a@example.org\n"))
-    assert (table.delimiter, table.header) == (",", ["name;mail"])
+def test_a_first_line_without_a_known_header_is_split_at_its_first_delimiter() -> None:
+    table = CsvTable(io.BytesIO(b"name;address\nA;a@example.org\n"))
+    assert (table.delimiter, table.header) == (";", ["name", "address"])
+    table = CsvTable(io.BytesIO(b"a@example.org\nb@example.org\n"))
+    assert (table.delimiter, table.header) == (",", ["a@example.org"])
+    assert list(table.rows()) == [CsvRow(2, ["b@example.org"])]
+
+
+def test_a_header_is_known_by_any_of_its_names() -> None:
+    names = ("email", "emailaddress")
+    table = CsvTable(io.BytesIO(b'"Email Address"\tFirst Name, Jr.\n'), names)
+    assert (table.delimiter, table.header) == ("\t", ["Email Address", "First Name, Jr."])
+
+
+def test_a_field_over_the_size_limit_is_a_bad_row_and_reading_goes_on() -> None:
+    huge = "x" * (csv.field_size_limit() + 1)
+    raw = (f"email,name\na@example.org,A\nb@example.org,{huge}\nc@example.org,C\n"
+           f'd@example.org,"{huge}\nstill d\ne@example.org,E"\nf@example.org,F\n')
+    table = CsvTable(io.BytesIO(raw.encode()))
+    limit = f"a field is longer than {csv.field_size_limit()} characters"
+    # A quoted field's other lines are part of the bad row, not rows of their own.
+    assert list(table.rows()) == [
+        CsvRow(2, ["a@example.org", "A"]),
+        CsvRow(3, [], limit),
+        CsvRow(4, ["c@example.org", "C"]),
+        CsvRow(5, [], f"{limit} (lines 5-7 skipped)"),
+        CsvRow(8, ["f@example.org", "F"]),
+    ]
+
+
+def test_a_nul_byte_is_a_bad_row_and_reading_goes_on() -> None:
+    table = CsvTable(io.BytesIO(b"email\na@example.org\nb\x00@example.org\nc@example.org\n"))
+    assert [(row.line, row.problem) for row in table.rows()] == [
+        (2, None), (3, "the row holds a NUL byte (is this a text file?)"), (4, None)]

@@ -470,9 +470,89 @@ def test_import_as_pending(engine: Engine) -> None:
 
 
 def test_import_without_an_email_column_says_so(engine: Engine) -> None:
-    report = import_text(engine, "name,mail\nA,a@example.org\n", T0)
-    assert [str(p) for p in report.problems] == ["list.csv:1: header has no 'email' column"]
+    report = import_text(engine, "name,address\nA,a@example.org\n", T0)
+    assert [str(p) for p in report.problems] == [f"list.csv:1: {subscribers.NO_EMAIL_COLUMN}"]
     assert report.added == 0 and all_rows(engine) == []
+
+
+@pytest.mark.parametrize("header", ["email", "E-mail", "Email Address", "MAIL", "email_address",
+                                    " e-mail address "])
+def test_common_header_names_for_the_address_are_recognised(engine: Engine, header: str) -> None:
+    report = import_text(engine, f"Name;{header}\nAlice;alice@example.org\n", T0)
+    assert report.problems == [] and report.added == 1
+    assert row_of(engine, "alice@example.org").name == "Alice"
+
+
+# The head of a Mailchimp audience export (its columns, in its order), and two members.
+MAILCHIMP = (
+    '"Email Address","First Name","Last Name",Address,"Phone Number",MEMBER_RATING,'
+    "OPTIN_TIME,OPTIN_IP,CONFIRM_TIME,CONFIRM_IP,LATITUDE,LONGITUDE,GMTOFF,DSTOFF,TIMEZONE,"
+    "CC,REGION,LAST_CHANGED,LEID,EUID,NOTES,TAGS{extra}\n"
+    'ada@example.org,Ada,Lovelace,,,2,"2024-01-02 10:00:00",,"2024-01-02 10:05:00",,,,,,,'
+    ',,"2024-01-02 10:05:00",11,aa11,,"""Readers""",{first}\n'
+    'Grace@Example.org,Grace,,,,2,,,,,,,,,,,,,12,bb22,,,{second}\n'
+)
+
+
+def test_a_mailchimp_export_imports(engine: Engine) -> None:
+    report = import_text(engine, MAILCHIMP.format(extra="", first="", second="")
+                         .replace(",\n", "\n"), T0)
+    assert report.problems == [] and report.added == 2
+    assert [(r.email, r.name, r.status) for r in subscribers.iter_subscribers(engine)] == [
+        ("ada@example.org", "Ada Lovelace", "active"), ("Grace@example.org", "Grace", "active")]
+
+
+def test_a_mailchimp_export_of_those_who_left_imports_them_as_left(engine: Engine) -> None:
+    text = MAILCHIMP.format(extra=",UNSUB_TIME,UNSUB_REASON,CLEAN_TIME",
+                            first='"2024-06-01 08:00:00",No longer interested,',
+                            second=',,"2024-07-01 08:00:00"')
+    report = import_text(engine, text, T0)
+    assert report.problems == [] and report.added == 2
+    ada, grace = row_of(engine, "ada@example.org"), row_of(engine, "grace@example.org")
+    assert (ada.status, ada.unsubscribed_at) == (
+        "unsubscribed", datetime(2024, 6, 1, 8, tzinfo=UTC))
+    assert (grace.status, grace.bounced_at) == ("bounced", datetime(2024, 7, 1, 8, tzinfo=UTC))
+
+
+def test_a_headerless_list_of_addresses_imports(engine: Engine) -> None:
+    text = "alice@example.org\n\nBob@Example.org\nnot an address\nALICE@example.org\n"
+    report = import_text(engine, text, T0)
+    assert [str(p) for p in report.problems] == [
+        "list.csv:4: 'not an address' is not a valid email address: "
+        "An email address must have an @-sign.",
+        "list.csv:5: ALICE@example.org repeats line 1",
+    ]
+    assert [r.email for r in subscribers.iter_subscribers(engine)] == [
+        "alice@example.org", "Bob@example.org"]
+
+
+def test_a_headerless_list_with_other_cells_imports_the_addresses(engine: Engine) -> None:
+    report = import_text(engine, "alice@example.org;Alice\nbob@example.org;Bob\n", T0)
+    assert report.problems == [] and report.added == 2
+    assert row_of(engine, "bob@example.org").name is None  # not known to be a name
+
+
+def test_a_field_over_128_kb_is_a_bad_row_and_the_others_are_imported(engine: Engine) -> None:
+    huge = "x" * (csv.field_size_limit() + 1)
+    text = (f"email,name\na@example.org,A\nb@example.org,{huge}\nc@example.org,C\n"
+            f'd@example.org,"{huge}\nnot a row\n"\ne@example.org,E\n')
+    report = import_text(engine, text, T0, batch_size=2)
+    limit = f"a field is longer than {csv.field_size_limit()} characters"
+    assert [str(p) for p in report.problems] == [
+        f"list.csv:3: {limit}", f"list.csv:5: {limit} (lines 5-7 skipped)"]
+    assert [r.email for r in subscribers.iter_subscribers(engine)] == [
+        "a@example.org", "c@example.org", "e@example.org"]
+
+
+def test_a_nul_byte_is_a_bad_row_and_the_others_are_imported(engine: Engine) -> None:
+    text = "email,name\na@example.org,A\nb@example.org,B\x00\nc\x00@example.org\nd@example.org\n"
+    report = import_text(engine, text, T0)
+    assert [(p.line, p.message) for p in report.problems] == [
+        (3, "the row holds a NUL byte (is this a text file?)"),
+        (4, "the row holds a NUL byte (is this a text file?)"),
+    ]
+    assert [r.email for r in subscribers.iter_subscribers(engine)] == [
+        "a@example.org", "d@example.org"]
 
 
 def test_import_finds_the_email_column_wherever_it_is(engine: Engine) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, Insert, Row, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from postroom.csvimport import CsvTable
+from postroom.csvimport import CsvRow, CsvTable, header_key
 from postroom.errors import Problem, SubscriberError
 from postroom.schema import subscribers
 from postroom.store import reading
@@ -34,6 +34,21 @@ STATUS_STAMPS = {
 }
 # A spreadsheet runs a cell starting with one of these as a formula; a leading ' marks text.
 FORMULA_STARTS = ("=", "+", "-", "@")
+# What an import's header may call a column (as csvimport.header_key reads it): postroom's
+# export, and what other lists export (Mailchimp: "Email Address", "First Name", ...).
+HEADER_COLUMNS = {
+    "email": "email", "emailaddress": "email", "mail": "email",
+    "name": "name", "firstname": "first_name", "lastname": "last_name",
+    "status": "status", "source": "source", "createdat": "created_at",
+    "confirmedat": "confirmed_at", "unsubscribedat": "unsubscribed_at",
+    # Mailchimp exports those who left, or bounced, with the time: they stay so here.
+    "unsubtime": "unsub_time", "cleantime": "clean_time",
+}
+ADDRESS_HEADERS = tuple(key for key, column in HEADER_COLUMNS.items() if column == "email")
+NO_EMAIL_COLUMN = (
+    "no email column in the header (one named email, e-mail, email address or mail), "
+    "and its first cell is not an address either"
+)
 
 
 def normalize_address(address: str) -> str:
@@ -202,7 +217,8 @@ def import_csv(
     source: str = "import", batch_size: int = IMPORT_BATCH,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import subscribers from a CSV file (opened in binary) with a header naming `email`.
+    """Import subscribers from a CSV file (opened in binary): a header naming the email
+    column (see HEADER_COLUMNS), or no header at all when the first cell is an address.
 
     Every bad row is reported by line number (`label`:line); the good ones are imported.
     Re-importing the same file changes nothing. The columns of an export (status, source,
@@ -217,16 +233,24 @@ def import_csv(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     report = ImportReport()
     path = Path(label)
-    table = CsvTable(stream)
-    header = [cell.strip().lower() for cell in table.header]
-    if "email" not in header:
-        report.problems.append(Problem(path, 1, "header has no 'email' column"))
+    table = CsvTable(stream, ADDRESS_HEADERS)
+    first = table.first
+    if first is None or first.problem:
+        report.problems.append(Problem(path, 1, first.problem if first and first.problem
+                                       else NO_EMAIL_COLUMN))
         return report
-    columns = {name: header.index(name) for name in header}
-    rows = table.rows()
+    columns = _header_columns(first.cells)
+    rows: Iterator[CsvRow] = table.rows()
+    if "email" not in columns:
+        if not _is_address(first.cells):
+            report.problems.append(Problem(path, 1, NO_EMAIL_COLUMN))
+            return report
+        # No header: a list of addresses, one a line (other cells are not known to be names).
+        columns, rows = {"email": 0}, itertools.chain([first], rows)
+    width = len(first.cells)
     with SeenAddresses() as seen:
         while chunk := list(itertools.islice(rows, batch_size)):
-            batch = _check_rows(path, chunk, columns, len(header))
+            batch = _check_rows(path, chunk, columns, width)
             _report_repeats(path, batch, seen)
             with engine.begin() as connection:
                 _insert_new(connection, batch, now, status, source, report)
@@ -236,12 +260,33 @@ def import_csv(
     return report
 
 
+def _header_columns(header: list[str]) -> dict[str, int]:
+    """Given a header row, return the columns it names and their indexes (the first wins)."""
+    columns: dict[str, int] = {}
+    for index, cell in enumerate(header):
+        column = HEADER_COLUMNS.get(header_key(cell))
+        if column is not None:
+            columns.setdefault(column, index)
+    return columns
+
+
+def _is_address(cells: list[str]) -> bool:
+    try:
+        normalize_address(_unneutralise(cells[0]) if cells else "")
+    except SubscriberError:
+        return False
+    return True
+
+
 def _check_rows(
-    path: Path, chunk: list[tuple[int, list[str]]], columns: Mapping[str, int], width: int,
+    path: Path, chunk: list[CsvRow], columns: Mapping[str, int], width: int,
 ) -> _Batch:
     """Validate a chunk's rows: each good address once, with its line; the rest as problems."""
     batch = _Batch()
-    for line, raw_row in chunk:
+    for line, raw_row, unreadable in chunk:
+        if unreadable is not None:
+            batch.problems.append(Problem(path, line, unreadable))
+            continue
         if not any(cell.strip() for cell in raw_row):
             continue
         row = [_unneutralise(cell) for cell in raw_row]
@@ -352,7 +397,8 @@ def _email_cell(row: list[str], index: int, width: int) -> str:
     """Return the row's normalized address, or raise saying what is wrong with the cell."""
     if index >= len(row):
         raise SubscriberError(
-            f"no email: the row has {len(row)} field(s), the header {width} (a missing delimiter?)"
+            f"no email: the row has {len(row)} field(s), the first line {width} "
+            f"(a missing delimiter?)"
         )
     if not row[index].strip():
         raise SubscriberError("the email is empty")
@@ -361,21 +407,30 @@ def _email_cell(row: list[str], index: int, width: int) -> str:
 
 def _row_facts(row: list[str], columns: Mapping[str, int]) -> dict[str, Any]:
     """Return the row's optional name, status, source and timestamps that are filled in."""
+    cells = {column: row[index].strip() for column, index in columns.items()
+             if column != "email" and index < len(row)}
+    cells = {column: value for column, value in cells.items() if value}
+    if "name" not in cells and ("first_name" in cells or "last_name" in cells):
+        cells["name"] = " ".join(cells[c] for c in ("first_name", "last_name") if c in cells)
     facts: dict[str, Any] = {}
-    for column in ("name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at"):
-        index = columns.get(column)
-        value = row[index].strip() if index is not None and index < len(row) else ""
-        if not value:
+    for column in ("name", "status", "source"):
+        value = cells.get(column)
+        if value is None:
             continue
         if column == "status" and value not in STATUSES:
             raise SubscriberError(f"status {value!r} is not one of {', '.join(STATUSES)}")
         limit = getattr(subscribers.c[column].type, "length", None)
         if limit is not None and len(value) > limit:
             raise SubscriberError(f"{column} is longer than {limit} characters")
-        if column.endswith("_at"):
-            facts[column] = _parse_time(column, value)
-        else:
-            facts[column] = value
+        facts[column] = value
+    for column in ("created_at", "confirmed_at", "unsubscribed_at"):
+        if column in cells:
+            facts[column] = _parse_time(column, cells[column])
+    for column, status, stamp in (("unsub_time", "unsubscribed", "unsubscribed_at"),
+                                  ("clean_time", "bounced", "bounced_at")):
+        if column in cells:
+            facts.setdefault("status", status)
+            facts.setdefault(stamp, _parse_time(column, cells[column]))
     return facts
 
 
