@@ -230,6 +230,13 @@ class WebSettings(Section):
     confirm_cooldown_seconds: int = Field(default=3600, ge=0)
     # Confirmation mails per hour across all addresses; requests beyond it send none.
     confirmations_per_hour: int = Field(default=100, ge=1)
+    # Slow clients: the request line and headers must arrive within header_timeout seconds
+    # and a body within body_timeout; an idle keep-alive connection closes after
+    # keep_alive_timeout; at most max_connections at once (the next ones get 503).
+    header_timeout: float = Field(default=10.0, gt=0, strict=False)
+    body_timeout: float = Field(default=10.0, gt=0, strict=False)
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=500, ge=1)
     # Cache-Control max-age of the feeds.
     feed_max_age: int = Field(default=300, ge=0)
 

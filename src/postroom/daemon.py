@@ -28,6 +28,7 @@ from postroom.store import daemon_lock, get_meta, secret_key, set_meta
 from postroom.templates import template_environment
 from postroom.transport import make_transport
 from postroom.web import create_app
+from postroom.web.server import server_config
 from postroom.web.state import Health, WebState
 
 log = logging.getLogger(__name__)
@@ -295,12 +296,7 @@ class Daemon:
     def _server(self) -> QuietServer:
         web = self.settings.web
         self._app = create_app(self.web)
-        config = uvicorn.Config(
-            self._app, host=web.host, port=web.port, log_level="warning",
-            proxy_headers=bool(web.trusted_proxies),
-            forwarded_allow_ips=list(web.trusted_proxies) or None, access_log=False,
-        )
-        return QuietServer(config)
+        return QuietServer(server_config(self._app, web, web.host, web.port))
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -371,12 +367,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     engine = open_database(settings)
     state = WebState.create(settings, engine, template_environment(settings.templates_dir),
                             secret_key(engine), make_transport(settings))
-    web = settings.web
-    server = QuietServer(uvicorn.Config(
-        create_app(state), host=host, port=port, log_level="warning",
-        proxy_headers=bool(web.trusted_proxies),
-        forwarded_allow_ips=list(web.trusted_proxies) or None, access_log=False,
-    ))
+    server = QuietServer(server_config(create_app(state), settings.web, host, port))
 
     async def main() -> None:
         stopping = asyncio.Event()

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postroom.store import reading
 from postroom.web import pages
+from postroom.web.bodylimit import BodyLimit
 from postroom.web.feedfiles import feed_response, not_found
 from postroom.web.state import WebState
 
@@ -24,6 +25,11 @@ PAGE_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+# The request bodies the endpoints take (bytes): a form with a token and an address, the
+# JSON variant, and RFC 8058's one-click body; other endpoints read none.
+BODY_LIMITS = {"/subscribe": 16 * 1024, "/api/subscribe": 4 * 1024, "/unsubscribe/": 4 * 1024}
+OTHER_BODY_LIMIT = 1024
 
 
 async def feed(request: Request) -> Response:
@@ -107,6 +113,8 @@ def create_app(state: WebState) -> Starlette:
     ]
     middleware = [
         Middleware(SecurityHeaders),
+        Middleware(BodyLimit, limits=BODY_LIMITS, default=OTHER_BODY_LIMIT,
+                   timeout=state.settings.web.body_timeout),
         # Only the JSON endpoint is meant for the blog's own pages on another origin.
         Middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["POST"],
                    allow_headers=["content-type"]),

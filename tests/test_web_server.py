@@ -1,0 +1,121 @@
+"""web/server.py: slow and idle clients against the real `postroom serve` and `postroom run`
+on a loopback port. Each deadline is set short in the site's config; a socket timeout of
+10 s only bounds how long a failing test waits."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from daemonproc import DaemonSite, PostroomProcess
+from mailserver import MailServer
+
+HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[MailServer]:
+    with MailServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["serve", "run"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           sink: MailServer) -> Iterator[tuple[DaemonSite, PostroomProcess]]:
+    """A site with short deadlines, served by `postroom serve`, then by `postroom run`."""
+    root = tmp_path_factory.mktemp(request.param) / "site"
+    with DaemonSite.create(root, smtp_port=sink.port, web={
+            "header_timeout": 0.5, "keep_alive_timeout": 1, "max_connections": 20}) as site:
+        process = site.start(request.param)
+        process.wait_healthy()
+        yield site, process
+        assert process.stop() == 0
+
+
+def connect(site: DaemonSite) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", site.web_port), timeout=10)
+
+
+def closed_by_the_server(connection: socket.socket) -> bytes:
+    """Read until the server closes the connection; return what it sent (10 s at most)."""
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_connection_that_sends_nothing_is_closed(
+        served: tuple[DaemonSite, PostroomProcess]) -> None:
+    site, _ = served
+    with connect(site) as connection:
+        assert closed_by_the_server(connection) == b""
+
+
+def test_half_sent_request_heads_are_closed(served: tuple[DaemonSite, PostroomProcess]) -> None:
+    # The report: 1,200 half-sent requests stayed open for over 60 s.
+    site, process = served
+    connections = [connect(site) for _ in range(15)]
+    try:
+        for connection in connections:
+            connection.sendall(HEAD[:30])
+        assert [closed_by_the_server(c) for c in connections] == [b""] * 15
+    finally:
+        for connection in connections:
+            connection.close()
+    assert process.wait_healthy()["status"] == "ok"
+
+
+def test_a_head_sent_a_byte_at_a_time_is_closed(
+        served: tuple[DaemonSite, PostroomProcess]) -> None:
+    site, _ = served
+    with connect(site) as connection:
+        connection.settimeout(0.05)  # the pace of the trickle, not a wait for anything
+        sent = 0
+        while sent < len(HEAD) - 4:  # never the blank line that ends the head
+            try:
+                assert connection.recv(1) == b""
+                break  # closed
+            except TimeoutError:
+                connection.sendall(HEAD[sent:sent + 1])
+                sent += 1
+        else:
+            raise AssertionError("the server waited for a head that took 2 s or more")
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_a_request(
+        served: tuple[DaemonSite, PostroomProcess]) -> None:
+    site, _ = served
+    with connect(site) as connection:
+        connection.sendall(HEAD)
+        answer = closed_by_the_server(connection)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close\r\n" not in answer.lower()  # kept alive, then timed out
+
+
+def test_keep_alive_still_serves_several_requests(
+        served: tuple[DaemonSite, PostroomProcess]) -> None:
+    site, _ = served
+    with httpx.Client(base_url=site.base_url, timeout=10) as client:
+        assert [client.get("/healthz").status_code for _ in range(5)] == [200] * 5
+
+
+def test_connections_beyond_max_connections_get_503(tmp_path: Path, sink: MailServer) -> None:
+    # Long deadlines here, so the idle connections are still open when the request comes.
+    with DaemonSite.create(tmp_path / "site", smtp_port=sink.port,
+                           web={"header_timeout": 30.0, "max_connections": 20}) as site:
+        process = site.start("serve")
+        process.wait_healthy()
+        idle = [connect(site) for _ in range(20)]
+        try:
+            with connect(site) as connection:
+                connection.sendall(HEAD)
+                assert closed_by_the_server(connection).startswith(b"HTTP/1.1 503 ")
+        finally:
+            for connection in idle:
+                connection.close()
+        assert process.wait_healthy()["status"] == "ok"
+        assert process.stop() == 0
