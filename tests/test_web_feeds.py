@@ -308,6 +308,19 @@ def test_a_path_out_of_the_output_folder_is_refused(
     assert b"[site]" not in reply and b"root:" not in reply
 
 
+@pytest.mark.parametrize("path", [
+    "/tags/rust.atom%00.json",  # the report: 500 with a traceback
+    "/tags/%00", "/tags/%00.atom", "/feed.atom%00", "/tags/rust%0a.atom", "/tags/%7f.rss",
+    "/tags/%ff%fe.atom", "/tags/" + "a" * 5000 + ".atom", "/tags/%zz.json",
+    "/tags/..%00%2fsecret.atom",
+])
+def test_a_malformed_feed_path_is_404_never_a_500(
+        served: tuple[DaemonSite, str], path: str) -> None:
+    reply = raw_request(served[1], f"GET {path} HTTP/1.1\nHost: x\nConnection: close\n\n")
+    assert reply.startswith(b"HTTP/1.1 404 "), reply[:200]
+    assert b"Traceback" not in served[0].processes[0].log().encode()
+
+
 def test_only_get_and_head(client: httpx.Client) -> None:
     response = client.post("/feed.atom", content=b"x")
     assert response.status_code == 405

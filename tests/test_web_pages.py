@@ -587,3 +587,49 @@ def test_healthz_reports_the_database_and_no_scheduler(client: httpx.Client) -> 
                                "last_build": None, "last_digest": None, "last_send": None}
     assert "content-security-policy" not in response.headers
     assert client.head("/healthz").status_code == 200
+
+
+# ---- URLs and paths ----------------------------------------------------------------------
+
+HOSTILE_HOST = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+
+
+def test_absolute_urls_come_from_the_public_url_never_the_host_header(
+        make_site: MakeSite) -> None:
+    # The report: `Host: evil.example` on / redirected to http://evil.example/subscribe, and
+    # the form posted there.
+    site = make_site(mail={"public_url": "https://news.example.org/letters"})
+    site.add_subscribers(["reader@example.org"])
+    row = site.subscriber("reader@example.org")
+    assert row is not None
+    link = f"/unsubscribe/{row.public_id}.{row.unsubscribe_key}"
+    public = "https://news.example.org/letters"
+    with httpx.Client(base_url=site.base_url, timeout=10, headers=HOSTILE_HOST) as client:
+        home = client.get("/")
+        form = client.get("/subscribe")
+        once_more = client.post("/subscribe", data={"email": "x@example.org"})
+        snippet = client.get("/subscribe/snippet")
+        unsubscribe = client.get(link)
+    assert home.status_code == 303 and home.headers["location"] == f"{public}/subscribe"
+    for page in (form, once_more):
+        assert lxml.html.fromstring(page.text).forms[0].action == f"{public}/subscribe"
+    assert lxml.html.fromstring(snippet.text).get("action") == f"{public}/subscribe"
+    assert lxml.html.fromstring(unsubscribe.text).forms[0].action == public + link
+    # The cookie follows the public URL's scheme too: https, so Secure.
+    assert "secure" in form.headers["set-cookie"].lower()
+    for response in (home, form, once_more, snippet, unsubscribe):
+        assert "evil.example" not in response.text
+        assert "evil.example" not in str(response.headers)
+
+
+@pytest.mark.parametrize("path", [
+    "/confirm/%00", "/confirm/" + "a" * 5000, "/confirm/%ff%fe", "/unsubscribe/%00",
+    "/unsubscribe/%00.%00", "/unsubscribe/" + "a" * 5000 + "." + "b" * 50, "/unsubscribe/.",
+    "/subscribe%00", "/%00", "/api/subscribe%00",
+])
+def test_a_malformed_page_path_gets_a_clear_answer_never_a_500(
+        client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code in (400, 404), response.text
+    post = client.post(path, content=b"List-Unsubscribe=One-Click", headers=FORM)
+    assert post.status_code in (400, 404, 405), post.text

@@ -34,7 +34,7 @@ OTHER_BODY_LIMIT = 1024
 
 async def feed(request: Request) -> Response:
     state = pages.state_of(request)
-    name = request.url.path.lstrip("/")
+    name = request.scope["path"].lstrip("/")
     found = state.feeds.lookup(name)
     if found is None:
         return not_found()
@@ -64,7 +64,7 @@ async def no_icon(request: Request) -> Response:
 
 
 async def home(request: Request) -> Response:
-    return RedirectResponse(request.url_for("subscribe_form"), status_code=303)
+    return RedirectResponse(pages.state_of(request).url("/subscribe"), status_code=303)
 
 
 class SecurityHeaders:

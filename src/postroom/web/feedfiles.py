@@ -41,7 +41,14 @@ class FeedFiles:
 
     def lookup(self, name: str) -> FeedFile | None:
         """Given a relative name from the URL, return the file, or None if not served."""
-        path = (self.folder / name).resolve()
+        # A NUL or other control character (%00 in the URL) names no file: the OS would
+        # refuse it with an error, not a "no such file".
+        if any(ord(c) < 32 or c == "\x7f" for c in name):
+            return None
+        try:
+            path = (self.folder / name).resolve()
+        except (OSError, ValueError):  # a name too long or otherwise unusable: not ours
+            return None
         # A '..' in the URL must not reach files outside the output folder.
         if self.folder.resolve() not in path.parents or path.suffix not in CONTENT_TYPES:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -42,10 +43,10 @@ def form_page(request: Request, email: str = "", error: str = "", status: int = 
     state = state_of(request)
     cookie, token = state.csrf.new_pair(request.cookies.get(COOKIE))
     html = state.page("subscribe.html", csrf=token, email=email, error=error,
-                      action=str(request.url_for("subscribe")))
+                      action=state.url("/subscribe"))
     response = HTMLResponse(html, status_code=status)
     response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", max_age=2 * 3600)
+                        secure=state.url("").startswith("https:"), max_age=2 * 3600)
     return response
 
 
@@ -190,7 +191,8 @@ async def unsubscribe_page(request: Request) -> Response:
         await _subscriber_of(state, request.path_params["token"])
     except InvalidToken:
         return _invalid_link(state)
-    html = state.page("unsubscribe.html", action=str(request.url))
+    token = quote(request.path_params["token"], safe="")
+    html = state.page("unsubscribe.html", action=state.url(f"/unsubscribe/{token}"))
     return HTMLResponse(html)
 
 
@@ -225,7 +227,7 @@ async def _start_of_body(request: Request, size: int) -> bytes:
 async def snippet(request: Request) -> Response:
     """GET /subscribe/snippet: an HTML form to paste into the blog's own pages."""
     state = state_of(request)
-    html = state.page("embed_snippet.html", action=str(request.url_for("subscribe")))
+    html = state.page("embed_snippet.html", action=state.url("/subscribe"))
     return PlainTextResponse(html)
 
 
