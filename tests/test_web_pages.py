@@ -633,3 +633,49 @@ def test_a_malformed_page_path_gets_a_clear_answer_never_a_500(
     assert response.status_code in (400, 404), response.text
     post = client.post(path, content=b"List-Unsubscribe=One-Click", headers=FORM)
     assert post.status_code in (400, 404, 405), post.text
+
+
+# ---- the snippet on the blog's own pages -------------------------------------------------
+
+def snippet_post(site: DaemonSite, email: str, **headers: str) -> httpx.Response:
+    """POST the snippet's form as a browser on another page would: no cookie, no token."""
+    with httpx.Client(timeout=10) as browser:
+        return browser.post(site.url("/subscribe"), data={"email": email},
+                            headers={**FORM, **headers})
+
+
+@pytest.mark.parametrize("where", ["origin", "referer"])
+def test_the_snippet_subscribes_in_one_click_from_the_blogs_own_pages(
+        site: DaemonSite, sink: MailServer, where: str) -> None:
+    # The report: the pasted form always took two clicks (400 "Please press Subscribe once
+    # more"). A browser names the page a post comes from; the blog's own origin is enough.
+    blog = site.settings().site.base_url
+    header = {"Origin": blog} if where == "origin" else {"Referer": f"{blog}/posts/hello/"}
+    response = snippet_post(site, "oneclick@example.org", **header)
+    assert response.status_code == 200 and heading(response) == "Almost there"
+    assert confirm_link(sink, site, "oneclick@example.org")
+    assert site.status_of("oneclick@example.org") == "pending"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},  # sandboxed frames and privacy modes
+    {"Referer": "https://evil.example/page"},
+    {"Origin": "https://evil.example", "Referer": "BLOG/posts/hello/"},  # Origin decides
+    {"Origin": "BLOG.evil.example"},
+    {"Referer": "https://evil.example/?from=BLOG"},
+    {"Origin": "BLOG-SCHEME-SWAPPED"},
+], ids=["other-origin", "null-origin", "other-referer", "origin-wins", "lookalike-host",
+        "blog-in-query", "other-scheme"])
+def test_a_tokenless_post_from_anywhere_else_is_still_refused(
+        site: DaemonSite, headers: dict[str, str]) -> None:
+    blog = site.settings().site.base_url
+    swapped = blog.replace("http://", "https://", 1)
+    sent = {k: v.replace("BLOG-SCHEME-SWAPPED", swapped).replace("BLOG", blog)
+            for k, v in headers.items()}
+    response = snippet_post(site, "forged@example.org", **sent)
+    assert response.status_code == 400
+    assert "Please press Subscribe once more" in response.text
+    # The refusal queues nothing (it has no background task), so this is final.
+    assert site.subscriber("forged@example.org") is None
+    assert site.deliveries() == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from postroom.store import reading
 from postroom.web import pages
 from postroom.web.bodylimit import BodyLimit
+from postroom.web.csrf import origin_of
 from postroom.web.feedfiles import feed_response, not_found
 from postroom.web.state import WebState
 
@@ -93,7 +93,7 @@ class SecurityHeaders:
 
 def create_app(state: WebState) -> Starlette:
     """Given the web state, return the ASGI app (the daemon mounts it; `serve` runs it)."""
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(state.settings.site.base_url))
+    origin = origin_of(state.settings.site.base_url) or state.settings.site.base_url
     routes = [
         Route("/", home, methods=["GET"]),
         Route("/feed.atom", feed, methods=["GET", "HEAD"]),

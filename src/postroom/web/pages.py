@@ -19,7 +19,7 @@ from postroom import optin
 from postroom.errors import SubscriberError
 from postroom.subscribers import normalize_address
 from postroom.tokens import ExpiredToken, InvalidToken
-from postroom.web.csrf import COOKIE
+from postroom.web.csrf import COOKIE, origin_of, posted_from
 from postroom.web.limits import mailbox_of, retry_after
 from postroom.web.state import WebState
 
@@ -59,8 +59,10 @@ async def subscribe(request: Request) -> Response:
     state = state_of(request)
     form = await request.form()
     raw = str(form.get("email", ""))[:400]
-    if not state.csrf.valid(request.cookies.get(COOKIE), str(form.get("csrf", "")) or None):
-        # Also the path of the embedded snippet, which cannot carry a token: one more click.
+    token = str(form.get("csrf", "")) or None
+    if not (state.csrf.valid(request.cookies.get(COOKIE), token) or _from_the_blog(request)):
+        # A post from anywhere else without a token (a stale page, a cross-site form): the
+        # form again, with a token, so one more click subscribes.
         return form_page(request, raw, "Please press Subscribe once more to confirm.", 400)
     honeypot = str(form.get("website", ""))
     outcome = await _request(state, request, raw, honeypot=honeypot)
@@ -71,6 +73,13 @@ async def subscribe(request: Request) -> Response:
     page = message_page(state, "Almost there", DONE)
     # A filled honeypot gets the same page, but nothing is recorded and nothing is sent.
     return page if honeypot else _done(state, page, raw)
+
+
+def _from_the_blog(request: Request) -> bool:
+    """Whether the post comes from a page of the blog (the snippet pasted there)."""
+    blog = origin_of(state_of(request).settings.site.base_url)
+    return blog is not None and posted_from(
+        request.headers.get("origin"), request.headers.get("referer"), blog)
 
 
 async def subscribe_json(request: Request) -> Response:
