@@ -326,6 +326,43 @@ def test_only_get_and_head(client: httpx.Client) -> None:
     assert response.status_code == 405
 
 
+# ---- security headers ----------------------------------------------------------------------
+
+FEED_POLICY = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+               "img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; "
+               "base-uri 'none'")
+NOTHING_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def test_every_feed_response_carries_the_security_headers_and_the_feed_policy(
+        client: httpx.Client) -> None:
+    etag = client.get("/feed.atom", headers=IDENTITY).headers["etag"]
+    feeds = {
+        "atom": client.get("/feed.atom"),
+        "atom in a browser": client.get("/feed.atom", headers={"Accept": BROWSER_ACCEPT}),
+        "rss": client.get("/feed.rss", headers=IDENTITY),
+        "json": client.get("/feed.json"),
+        "stylesheet": client.get("/feed.xsl"),
+        "tag": client.get("/tags/rust.atom"),
+        "head": client.head("/feed.rss"),
+        # A browser merges a 304's headers into the cached feed: the same policy.
+        "not modified": client.get("/feed.atom", headers={**IDENTITY, "If-None-Match": etag}),
+    }
+    others = {
+        "no such feed": client.get("/tags/nothing.atom"),
+        "wrong method": client.post("/feed.atom", content=b"x"),
+        "a body on a GET": client.request("GET", "/feed.atom", content=b"x" * 5000),
+    }
+    assert feeds["not modified"].status_code == 304
+    assert [r.status_code for r in others.values()] == [404, 405, 413]
+    for name, response in {**feeds, **others}.items():
+        assert response.headers["x-content-type-options"] == "nosniff", name
+        assert response.headers["referrer-policy"] == "no-referrer", name
+        assert response.headers["x-frame-options"] == "DENY", name
+        expected = FEED_POLICY if name in feeds else NOTHING_POLICY
+        assert response.headers["content-security-policy"] == expected, name
+
+
 # ---- browsers -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/feed.atom", "/feed.rss", "/tags/rust.atom"])

@@ -585,7 +585,7 @@ def test_healthz_reports_the_database_and_no_scheduler(client: httpx.Client) -> 
     assert response.json() == {"status": "ok", "database": True, "scheduler": None,
                                "sender": None, "loop_lag_p99_ms": None,
                                "last_build": None, "last_digest": None, "last_send": None}
-    assert "content-security-policy" not in response.headers
+    assert response.headers["content-security-policy"] == NOTHING_POLICY
     assert client.head("/healthz").status_code == 200
 
 
@@ -679,3 +679,48 @@ def test_a_tokenless_post_from_anywhere_else_is_still_refused(
     # The refusal queues nothing (it has no background task), so this is final.
     assert site.subscriber("forged@example.org") is None
     assert site.deliveries() == []
+
+
+# ---- security headers ----------------------------------------------------------------------
+
+NOTHING_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+ALWAYS = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
+          "x-frame-options": "DENY"}
+
+
+def test_every_response_carries_the_security_headers(
+        client: httpx.Client, site: DaemonSite) -> None:
+    site.add_subscribers(["reader@example.org"])
+    row = site.subscriber("reader@example.org")
+    assert row is not None
+    link = f"/unsubscribe/{row.public_id}.{row.unsubscribe_key}"
+    pages = {  # what a browser may render as a page: the strict page policy
+        "form": client.get("/subscribe"),
+        "almost there": subscribe(client, "new@example.org"),
+        "form again": client.post("/subscribe", data={"email": "x@example.org"}),
+        "invalid link": client.get("/confirm/forged"),
+        "unsubscribe page": client.get(link),
+        "malformed link": client.get("/unsubscribe/%00"),
+    }
+    others = {  # never a page: a policy that allows nothing
+        "redirect": client.get("/"),
+        "snippet (text)": client.get("/subscribe/snippet"),
+        "json": client.post("/api/subscribe", json={"email": "j@example.org"}),
+        "json refused": client.post("/api/subscribe", data={"email": "j@example.org"}),
+        "health": client.get("/healthz"),
+        "icon": client.get("/favicon.ico"),
+        "no such page": client.get("/nothing-here"),
+        "wrong method": client.put("/subscribe"),
+        "too large": client.post("/api/subscribe", content=b"{}" * 5000,
+                                 headers={"Content-Type": "application/json"}),
+        "one-click": client.post(link, content=b"List-Unsubscribe=One-Click", headers=FORM),
+    }
+    for name, response in {**pages, **others}.items():
+        for header, value in ALWAYS.items():
+            assert response.headers.get(header) == value, (name, header)
+    for name, response in pages.items():
+        assert response.headers["content-type"].startswith("text/html"), name
+        assert response.headers["content-security-policy"] == PAGE_POLICY, name
+    for name, response in others.items():
+        assert response.headers["content-security-policy"] == NOTHING_POLICY, name
+    assert others["too large"].status_code == 413

@@ -11,20 +11,14 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postroom.store import reading
 from postroom.web import pages
 from postroom.web.bodylimit import BodyLimit
 from postroom.web.csrf import origin_of
 from postroom.web.feedfiles import feed_response, not_found
+from postroom.web.headers import SecurityHeaders
 from postroom.web.state import WebState
-
-# Pages load nothing from anywhere: no scripts at all, styles inline, forms post to us.
-PAGE_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
 
 # The request bodies the endpoints take (bytes): a form with a token and an address, the
 # JSON variant, and RFC 8058's one-click body; other endpoints read none.
@@ -65,30 +59,6 @@ async def no_icon(request: Request) -> Response:
 
 async def home(request: Request) -> Response:
     return RedirectResponse(pages.state_of(request).url("/subscribe"), status_code=303)
-
-
-class SecurityHeaders:
-    """Adds headers every response should carry; pages also get a strict CSP."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"x-content-type-options", b"nosniff"),
-                            (b"referrer-policy", b"no-referrer")]
-                if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
-                    headers.append((b"content-security-policy", PAGE_POLICY.encode()))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(state: WebState) -> Starlette:
