@@ -407,9 +407,12 @@ def _email_cell(row: list[str], index: int, width: int) -> str:
 
 def _row_facts(row: list[str], columns: Mapping[str, int]) -> dict[str, Any]:
     """Return the row's optional name, status, source and timestamps that are filled in."""
-    cells = {column: row[index].strip() for column, index in columns.items()
-             if column != "email" and index < len(row)}
-    cells = {column: value for column, value in cells.items() if value}
+    cells: dict[str, str] = {}
+    for column, index in columns.items():
+        if index < len(row) and column != "email" and (text := row[index].strip()):
+            cells[column] = text
+    if not cells:
+        return {}
     if "name" not in cells and ("first_name" in cells or "last_name" in cells):
         cells["name"] = " ".join(cells[c] for c in ("first_name", "last_name") if c in cells)
     facts: dict[str, Any] = {}
