@@ -107,6 +107,8 @@ class Daemon:
         self.sends = SendRunner(self._send)
         self.jobs: set[asyncio.Task[Any]] = set()
         self.spawned: set[asyncio.Task[None]] = set()
+        self.build_error: str | None = None  # the last rebuild's error, logged once
+        self.post_problems: set[str] = set()  # the problems the last rebuild reported
         self._apply(*self._parts_blocking(settings, open_database(settings)))
         # Without digest.since, the first digest starts when postroom first saw the posts:
         # for a daemon that is its first start, so a post written after it is new.
@@ -137,10 +139,24 @@ class Daemon:
     async def rebuild(self) -> None:
         """Rescan the posts; rebuild the feeds if anything changed or a post came due."""
         now = self.clock()
-        report, upcoming = await self._in_builder_thread(self._build_blocking, self.builder, now)
+        try:
+            report, upcoming = await self._in_builder_thread(self._build_blocking,
+                                                             self.builder, now)
+        except PostroomError as err:
+            # The feeds on disk are kept as they were; say it once, not on every scan.
+            if str(err) != self.build_error:
+                log.error("feeds not rebuilt: %s", err)
+            self.build_error = str(err)
+            return
+        if self.build_error is not None:
+            log.info("feeds rebuilt again after: %s", self.build_error)
+            self.build_error = None
         self.health.last_build = now
-        for problem in report.problems:
+        # Each problem is said once, when it appears, not on every scan.
+        problems = {str(p) for p in report.problems}
+        for problem in sorted(problems - self.post_problems):
             log.warning("post problem: %s", problem)
+        self.post_problems = problems
         if report.written or report.removed:
             log.info("feeds rebuilt: %d published posts, %d file(s) written, %d removed",
                      report.published, len(report.written), len(report.removed))
