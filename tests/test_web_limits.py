@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from daemonproc import AppServer, DaemonSite
 from mailserver import MailServer
 from postroom.schema import limit_hits
-from test_web_pages import csrf_token, heading, subscribe
+from test_web_pages import confirm_link, csrf_token, heading, path_of, subscribe
 
 MakeSite = Callable[..., DaemonSite]
 
@@ -240,3 +240,19 @@ def test_the_limits_table_keeps_no_address_and_is_pruned(
         settled(site.servers[-1])
     with site.engine.connect() as connection:
         assert len(connection.execute(select(limit_hits)).all()) == 4
+
+
+def test_a_request_in_another_case_mails_a_link_that_confirms(
+        make_site: MakeSite, sink: MailServer) -> None:
+    site = make_site()
+    with httpx.Client(base_url=site.base_url, timeout=10) as client:
+        subscribe(client, "ann@example.org")
+        assert mail_in_the_end(site, sink) == 1
+        pass_the_cooldown(site, 3601)
+        subscribe(client, "ANN@Example.org")  # the same mailbox, typed otherwise
+        assert mail_in_the_end(site, sink) == 2
+        link = confirm_link(sink, site, "ann@example.org", number=2)
+        confirmed = client.get(path_of(link))
+        assert confirmed.status_code == 200
+        assert heading(confirmed) != "This link is not valid"
+    assert site.status_of("ann@example.org") == "active"

@@ -58,10 +58,12 @@ def request_and_queue_confirmation(
         version = version_of(row.status_changed_at)
         if not may_send(connection, f"{row.id}.{version}", now):
             return "held"
-        token = make_token(int(row.id), email, version)
+        # The address as first recorded, in whatever case this request used: the link
+        # confirms that row, and `confirm` compares the token's address with it.
+        token = make_token(int(row.id), row.email, version)
         message_id = f"<confirm.{row.public_id}.{version}@{host}>"
         connection.execute(insert(deliveries).values(
-            kind="confirm", subscriber_id=row.id, email=email, status="pending", attempts=0,
+            kind="confirm", subscriber_id=row.id, email=row.email, status="pending", attempts=0,
             next_attempt_at=now, message_id=message_id, payload=token,
         ))
     return "queued"
