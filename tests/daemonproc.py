@@ -24,7 +24,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,10 @@ import uvicorn
 from sqlalchemy import Engine, Row, select
 
 from postroom import subscribers
+from postroom.build import SiteBuilder
 from postroom.config import Settings, load_settings
 from postroom.daemon import send_queued_mail
-from postroom.newsletter import open_database
+from postroom.newsletter import DigestPlan, create_digest, open_database
 from postroom.schema import deliveries, digests
 from postroom.store import get_meta, secret_key, set_meta
 from postroom.templates import template_environment
@@ -100,6 +101,37 @@ class PostroomProcess:
                 return payload
             time.sleep(0.05)
         raise AssertionError(f"no healthy /healthz within {timeout} s:\n{self.log()}")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """GET /healthz once; return its status code and its JSON."""
+        response = httpx.get(self.health_url, timeout=5.0)
+        payload: dict[str, Any] = response.json()
+        return response.status_code, payload
+
+    def wait_for_health(self, condition: Callable[[int, dict[str, Any]], bool],
+                        timeout: float = 20.0) -> dict[str, Any]:
+        """Poll /healthz until condition(status code, JSON) holds; return the JSON."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, payload = self.health()
+            if condition(status, payload):
+                return payload
+            if time.monotonic() >= deadline or not self.running():
+                raise AssertionError(f"/healthz never satisfied {condition} within {timeout} s;"
+                                     f" last: {status} {payload}\n{self.log()}")
+            time.sleep(0.05)
+
+    def wait_for_pass(self, job: str = "send", timeout: float = 20.0) -> None:
+        """Wait until a whole pass of a job ("send", "build") began and ended after this call.
+
+        /healthz's `last_<job>` changes when a pass ends. The first change may end a pass
+        that was already running; a job's passes never overlap, so the pass whose end is the
+        second change began after the first ended: after this call.
+        """
+        field = f"last_{job}"
+        first = self.health()[1][field]
+        second = self.wait_for_health(lambda _, h: h[field] != first, timeout)[field]
+        self.wait_for_health(lambda _, h: h[field] != second, timeout)
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> bool:
         """Wait until the log has `count` lines matching the regex; return whether it has."""
@@ -165,6 +197,19 @@ class AppServer:
                 raise AssertionError("the in-process web server did not start")
             time.sleep(0.01)
         return self
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every request so far is done (background tasks too) and no send runs.
+
+        A request that queues mail kicks the sender before its task ends, so once both are
+        idle nothing the requests asked for is still to come.
+        """
+        deadline = time.monotonic() + timeout
+        while self.server.server_state.tasks or (
+                self.sends.task is not None and not self.sends.task.done()):
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the web server was still busy after {timeout} s")
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -293,6 +338,11 @@ class DaemonSite:
     def deliveries(self) -> list[Row[Any]]:
         with self.engine.connect() as connection:
             return list(connection.execute(select(deliveries).order_by(deliveries.c.id)).all())
+
+    def create_digest(self) -> DigestPlan:
+        """Create the next digest from this process, as if the digest job ran now."""
+        settings = self.settings()
+        return create_digest(settings, self.engine, SiteBuilder(settings), utc_now())
 
     def tokens(self) -> Tokens:
         """Tokens signed with the key the server uses (the one kept in the database)."""
