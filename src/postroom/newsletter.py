@@ -16,8 +16,8 @@ from postroom import outbox
 from postroom.build import SiteBuilder
 from postroom.config import Settings
 from postroom.digest import DigestPost, compose_digest, new_posts, window_start
-from postroom.errors import StoreError
-from postroom.sender import MessageFactory, Sender, SenderHealth, SendStats
+from postroom.errors import StorageUnavailable
+from postroom.sender import MessageFactory, Sender, SenderHealth, SenderStopped, SendStats
 from postroom.senderpool import MIN_DUE_PER_PROCESS, SenderProcesses
 from postroom.store import migrate, open_engine, reading
 from postroom.templates import template_environment
@@ -119,19 +119,26 @@ async def send_outbox(
     processes, on other hosts) can share the outbox. Claims left by a killed sender on
     this host are handed back first.
     """
-    recovered = await asyncio.to_thread(
-        outbox.release_dead_workers, engine, socket.gethostname(), process_alive, now())
-    if recovered:
-        log.warning("%d delivery(ies) were interrupted mid-send; sending them again", recovered)
     stopping = stopping or asyncio.Event()
     wait = settings.smtp.retry_wait if wait_for_retries is None else wait_for_retries
-    helpers = SenderProcesses(settings, wait)
-    if transport is None and sender_processes(settings) > 1:
-        due = await asyncio.to_thread(outbox.count_due, engine, now())
-        helpers.start(min(sender_processes(settings), due // MIN_DUE_PER_PROCESS + 1) - 1)
     sender = Sender(engine, settings, transport or make_transport(settings),
                     message_factory(settings, engine), clock=now, on_finish=on_finish,
                     stopping=stopping, health=health, give_up_after=give_up_after)
+    helpers = SenderProcesses(settings, wait)
+    try:
+        # Through the sender, so a database error here is retried and reported like any.
+        recovered = await sender.with_database(
+            "take back interrupted deliveries", outbox.release_dead_workers, engine,
+            socket.gethostname(), process_alive, now())
+        if recovered:
+            log.warning("%d delivery(ies) were interrupted mid-send; sending them again",
+                        recovered)
+        if transport is None and sender_processes(settings) > 1:
+            due = await sender.with_database("count due deliveries", outbox.count_due,
+                                             engine, now())
+            helpers.start(min(sender_processes(settings), due // MIN_DUE_PER_PROCESS + 1) - 1)
+    except SenderStopped:
+        pass  # stopping, or gave up: sender.run below returns at once and says why
     stop_helpers = asyncio.create_task(_relay_stop(stopping, helpers))
     try:
         stats = await sender.run(wait_for_retries=wait)
@@ -140,7 +147,7 @@ async def send_outbox(
         stats_of_helpers = await asyncio.to_thread(helpers.join)
     stats.add(stats_of_helpers)
     if sender.gave_up:
-        raise StoreError(
+        raise StorageUnavailable(
             f"gave up sending: the database stayed unavailable for over {give_up_after:g} s "
             f"({sender.gave_up}); sent {stats.sent}. {sender.unrecorded} outcome(s) could not "
             "be recorded: those deliveries go out again, with the same Message-ID, once "
