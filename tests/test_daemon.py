@@ -108,8 +108,9 @@ def write_subscriber_csv(path: Path, count: int) -> Path:
 def test_post_feed_subscribe_confirm_digest_unsubscribe_end_to_end(
         make_site: MakeSite, sink: MailServer) -> None:
     start = utc_now()
-    # The digest fires every minute; posts from before `since` are the back catalogue.
-    site = make_site(digest={"schedule": "* * * * *", "since": start - timedelta(seconds=30)})
+    # The digest fires every 5 seconds; posts from before `since` are the back catalogue.
+    site = make_site(digest={"schedule": "*/5 * * * * *",
+                             "since": start - timedelta(seconds=30)})
     site.write_post("old-news", "Old news", start - timedelta(days=2))
     daemon = site.start("run")
     health = daemon.wait_healthy()
@@ -140,8 +141,8 @@ def test_post_feed_subscribe_confirm_digest_unsubscribe_end_to_end(
                           == both, timeout=2)
         assert client.get("/healthz").json()["last_build"] is not None
 
-        # The schedule's next minute: the digest comes, with the new post only.
-        assert sink.wait_for(2, timeout=75), daemon.log()
+        # The schedule's next slot: the digest comes, with the new post only.
+        assert sink.wait_for(2, timeout=30), daemon.log()
         [digest] = digests_to(sink, "reader@example.org")
         message = digest.parsed()
         assert message["Subject"] == "Daemon Notes: Fresh thoughts"

@@ -74,6 +74,14 @@ def test_a_cron_line_every_fifteen_minutes() -> None:
         datetime(2026, 1, 1, 12, 30, tzinfo=UTC)]
 
 
+def test_a_cron_line_with_seconds_first() -> None:
+    assert fire_times("*/20 * * * * *", UTC, THURSDAY_NOON, 3) == [
+        datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC), datetime(2026, 1, 1, 12, 0, 20, tzinfo=UTC),
+        datetime(2026, 1, 1, 12, 0, 40, tzinfo=UTC)]
+    assert fire_times("30 0 9 * * 1", BERLIN, THURSDAY_NOON, 1) == [
+        local(2026, 1, 5, 9, 0).replace(second=30)]
+
+
 @pytest.mark.parametrize(("line", "weekdays"), [
     # cron counts days from Sunday = 0 (7 is Sunday too): "1" is Monday, as in crontab(5).
     ("0 9 * * 1", ["Mon", "Mon"]),
@@ -91,7 +99,7 @@ def test_a_cron_line_counts_weekdays_as_cron_does(line: str, weekdays: list[str]
 
 @pytest.mark.parametrize("text", [
     "", "funday 09:00", "mon 25:00", "mon 09:60", "mon 9", "daily,mon 09:00",
-    "every monday", "0 9 * *", "0 9 * * * *", "0 9 * * 9", "61 * * * *",
+    "every monday", "0 9 * *", "0 0 9 * * * *", "0 9 * * 9", "61 * * * *",
 ])
 def test_a_bad_schedule_is_a_config_error_naming_the_key(text: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -1,4 +1,5 @@
-"""The digest schedule: "mon 09:00", "mon,thu 18:30", "daily 07:30", or a 5-field cron line."""
+"""The digest schedule: "mon 09:00", "mon,thu 18:30", "daily 07:30", or a cron line (5 fields,
+or 6 with the seconds first, for schedules finer than a minute)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def parse_schedule(text: str, zone: ZoneInfo) -> CronTrigger:
                 hour=int(match["hour"]), minute=int(match["minute"]), timezone=zone,
             )
         fields = spec.split()
+        if len(fields) == 6:
+            second, minute, hour, day, month, weekday = fields
+            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                               day_of_week=cron_day_names(weekday), timezone=zone)
         if len(fields) == 5:
             fields[4] = cron_day_names(fields[4])
         return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
