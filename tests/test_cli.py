@@ -207,3 +207,27 @@ def test_version_and_help(run: Run) -> None:
     assert helped.returncode == 0
     for command in ("build", "check", "init"):
         assert command in helped.stdout
+
+
+# ---- silent surprises (issue 8, item 11) ------------------------------------------------------
+
+
+def test_a_command_outside_a_site_folder_says_it_uses_the_built_in_defaults(
+    run: Run, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "not-a-site"
+    elsewhere.mkdir()
+    result = run("check", cwd=elsewhere)
+    assert "no config file found" in result.stderr
+    assert f"using the built-in defaults in {elsewhere}" in result.stderr
+    quiet = run("check", "--quiet", cwd=elsewhere)
+    assert "no config file found" not in quiet.stderr
+
+
+def test_check_refuses_a_digest_schedule_the_daemon_could_not_run(site: Site, run: Run) -> None:
+    site.config_path.write_text(site.config_path.read_text()
+                                + '\n[digest]\nschedule = "funday 09:00"\n')
+    result = run("check", "--config", str(site.config_path))
+    assert result.returncode == 2
+    assert re.search(rf"{re.escape(str(site.config_path))}:\d+: digest\.schedule", result.stderr)
+    assert "unknown day" in result.stderr

@@ -168,6 +168,10 @@ def test_post_feed_subscribe_confirm_digest_unsubscribe_end_to_end(
         site.write_post("later", "Later thoughts", utc_now() - timedelta(seconds=1))
         assert wait_until(lambda: feed_titles(client)[:1] == ["Later thoughts"], timeout=10)
         assert daemon.stop() == 0
+        log = daemon.log()
+        assert re.search(r"postroom running: web on http://127\.0\.0\.1:\d+, posts in \S+posts, "
+                         r"database sqlite:\S+, next digest \d{4}-\d\d-\d\d", log), log
+        assert "reader@example.org" not in log, "addresses stay out of the default logs"
         site.set_meta(LAST_DIGEST_KEY, (utc_now() - timedelta(minutes=5)).isoformat())
         again = site.start("run")
         again.wait_healthy()
@@ -245,7 +249,7 @@ def test_deliveries_refused_for_now_are_retried_by_the_daemon(
     wait_until(lambda: delivery_counts(site)["sent"] == 2, timeout=5)
     grey = next(d for d in site.deliveries() if d.email == "grey@example.org")
     assert grey.attempts == 3 and grey.status == "sent"
-    assert daemon.wait_for_log(r"will retry digest 1 to grey@example.org .*451", count=2)
+    assert daemon.wait_for_log(r"will retry digest 1 to subscriber 2 .*451", count=2)
     assert daemon.stop() == 0
 
 
@@ -526,3 +530,16 @@ def test_logs_are_json_lines_with_log_format_json_and_sigint_stops(
     for entry in entries:
         assert isinstance(entry, dict)
         assert datetime.fromisoformat(entry["time"]).tzinfo is not None
+
+
+def test_a_post_problem_is_logged_once_not_on_every_scan(make_site: MakeSite) -> None:
+    site = make_site()
+    site.write_post("fine", "Fine", utc_now() - timedelta(hours=1))
+    (site.root / "posts" / "2025-01-01-broken.md").write_text(
+        "---\ntitle: [unclosed\n---\nBody.\n", encoding="utf-8")
+    daemon = site.start("run")
+    daemon.wait_healthy()
+    daemon.wait_for_pass("build")
+    daemon.wait_for_pass("build")  # at least two more scans that saw the same problem
+    assert daemon.stop() == 0
+    assert len(re.findall(r"post problem: \S*2025-01-01-broken\.md", daemon.log())) == 1

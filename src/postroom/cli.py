@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from postroom import __version__, outbox, subscribers
 from postroom.build import BuildReport, SiteBuilder
-from postroom.config import Settings, find_config, load_settings
+from postroom.config import CONFIG_ENV, Settings, find_config, load_settings
 from postroom.errors import PostroomError, Problem, SubscriberError
 from postroom.logs import setup_logging
 from postroom.looplag import LoopLagProbe
@@ -56,7 +56,13 @@ class Context:
         self.config_path, self.verbosity, self.debug = config, verbosity, debug
 
     def settings(self) -> Settings:
-        return load_settings(find_config(self.config_path, os.environ))
+        path = find_config(self.config_path, os.environ)
+        if path is None and self.verbosity >= 0:
+            # Say it: run in the wrong folder, postroom would quietly make a site there.
+            click.echo(f"postroom: no config file found (--config, ${CONFIG_ENV}, "
+                       f"./postroom.toml): using the built-in defaults in {Path.cwd()}",
+                       err=True)
+        return load_settings(path)
 
     def say(self, message: str) -> None:
         if self.verbosity >= 0:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from postroom.errors import ConfigError
+from postroom.schedule import parse_schedule
 
 CONFIG_ENV = "POSTROOM_CONFIG"
 # POSTROOM__FEEDS__ENTRIES=50 overrides [feeds] entries; double underscores keep
@@ -160,6 +161,16 @@ class DigestSettings(Section):
     max_posts: int = Field(default=20, ge=1, le=500)
     # Cron-like schedule for the daemon: "mon 09:00", "daily 07:30".
     schedule: str = "mon 09:00"
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str) -> str:
+        # Checked at load time, so `check` and every command refuse what the daemon would.
+        try:
+            parse_schedule(value, ZoneInfo("UTC"))
+        except ConfigError as err:
+            raise ValueError(str(err).split(": ", 1)[-1]) from err
+        return value
 
 
 class MailSettings(Section):

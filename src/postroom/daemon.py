@@ -261,6 +261,7 @@ class Daemon:
             overdue = await asyncio.to_thread(self._digest_is_overdue_blocking)
             server = self._server()
             serving = asyncio.create_task(server.serve(), name="web")
+            self._say_where()
             if overdue:
                 log.info("a digest was due while postroom was stopped: running it now")
                 self._spawn(self._job(self.digest)(), "overdue-digest")
@@ -272,6 +273,15 @@ class Daemon:
                 probing.cancel()
         self.builder_thread.shutdown()
         log.info("stopped")
+
+    def _say_where(self) -> None:
+        """One line at start: where it listens, what it reads, when the digest goes."""
+        settings, job = self.settings, self.scheduler.get_job("digest") if self.scheduler else None
+        upcoming = job.next_run_time if job is not None else None
+        log.info("postroom running: web on http://%s:%d, posts in %s, database %s, next digest "
+                 "%s", settings.web.host, settings.web.port, settings.posts_dir,
+                 self.engine.url.render_as_string(hide_password=True),
+                 f"{upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else "not scheduled")
 
     async def _stop_jobs(self) -> None:
         """Take no new work; give running jobs (and their sends) the grace period; then
@@ -393,6 +403,8 @@ def serve(settings: Settings, host: str, port: int) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         serving = asyncio.create_task(server.serve(), name="web")
+        log.info("postroom serving: web on http://%s:%d, feeds from %s, database %s", host, port,
+                 settings.output_dir, engine.url.render_as_string(hide_password=True))
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({serving, stop}, return_when=asyncio.FIRST_COMPLETED)
         stopping.set()

@@ -426,7 +426,8 @@ class Sender:
         except Exception as err:
             # A bug must not stop the other deliveries nor leave this one `sending`: it is
             # retried like a transient failure (and fails for good after max_attempts).
-            log.exception("unexpected error sending %s to %s", claimed.message_id, claimed.email)
+            log.exception("unexpected error sending %s to subscriber %s", claimed.message_id,
+                          claimed.subscriber_id)
             if connection is not None:
                 await connection.close()
             return None, self._transient(claimed, f"internal error: {err!r}")
@@ -439,7 +440,9 @@ class Sender:
                        self.clock() + self.policy.delay(claimed.attempts))
 
     def _count(self, outcome: Outcome, claimed: Claimed) -> None:
-        what = f"{claimed.kind} {claimed.digest_id or claimed.message_id} to {claimed.email}"
+        # Who, by subscriber id: addresses are personal data, kept out of the logs.
+        what = (f"{claimed.kind} {claimed.digest_id or claimed.message_id} "
+                f"to subscriber {claimed.subscriber_id}")
         if outcome.status == "sent":
             self.stats.sent += 1
             log.debug("sent %s: %s", what, outcome.reply)

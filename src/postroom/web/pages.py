@@ -152,7 +152,7 @@ async def _record_and_confirm(state: WebState, email: str) -> None:
         # Within the address's cool-down, or over the hourly cap: the same answer, no mail.
         log.info("subscribe request recorded; no confirmation now (cool-down or hourly cap)")
     else:
-        log.info("confirmation to %s queued", email)
+        log.info("confirmation queued")
         state.outbox_ready()
 
 
