@@ -259,3 +259,9 @@ def test_export_imports_back_identically_into_a_fresh_database(
 
     # The same bytes from the second database: statuses, sources and timestamps included.
     assert second.raw("subscribers", "export").stdout == exported.read_bytes()
+
+
+def test_the_command_line_knows_every_subscriber_status() -> None:
+    from postroom import cli, subscribers
+
+    assert cli.STATUSES == subscribers.STATUSES

@@ -609,3 +609,30 @@ def test_postgresql_daemon_lock_dies_with_its_holder(pg_engine: Engine, pg_url: 
         kill_hard(holder)
     # The server ends the dead client's session, and its advisory lock with it.
     take_lock_within(pg_engine, seconds=10)
+
+
+def test_the_schema_head_constant_is_alembics_head() -> None:
+    # store.migrate skips Alembic when the database is at SCHEMA_HEAD: it must be the head.
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from postroom.store import SCHEMA_HEAD
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
+
+
+def test_a_database_at_the_head_is_not_migrated_again(engine: Engine) -> None:
+    from postroom.store import SCHEMA_HEAD, schema_revision
+
+    migrate(engine)
+    assert schema_revision(engine) == SCHEMA_HEAD
+    # A second process holding the write lock does not stop a command from starting.
+    locker = sqlite3.connect(str(engine.url.database), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        migrate(engine)
+    finally:
+        locker.rollback()
+        locker.close()

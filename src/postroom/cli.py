@@ -19,29 +19,23 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from postroom import __version__, outbox, subscribers
-from postroom.build import BuildReport, SiteBuilder
+from postroom import __version__
 from postroom.config import CONFIG_ENV, Settings, find_config, load_settings
 from postroom.errors import PostroomError, Problem, SubscriberError
 from postroom.logs import setup_logging
-from postroom.looplag import LoopLagProbe
-from postroom.newsletter import (
-    create_digest,
-    open_database,
-    plan_digest,
-    send_outbox,
-    sender_processes,
-)
-from postroom.preview import send_test, write_preview
-from postroom.progress import file_progress, send_progress
-from postroom.sender import SendStats
-from postroom.sitefolder import create_site
-from postroom.store import reading
+
+# The rest is imported by the commands that use it: `build` and `check` must not pay for
+# SQLAlchemy, Alembic and the mail stack, and every command starts in a fraction of the time.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from postroom.build import BuildReport
+    from postroom.looplag import LoopLagProbe
+    from postroom.sender import SendStats
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2, 3
 # A send from the command line waits this long for an unavailable database, then says so.
@@ -90,7 +84,9 @@ def common_options(command: F) -> F:
             return command(Context(config, verbosity, debug), **kwargs)
         except PostroomError as err:
             _fail(str(err), err.exit_code, err if debug else None)
-        except SQLAlchemyError as err:
+        except Exception as err:
+            if not _is_database_error(err):
+                raise
             # Storage that refused the work (locked, full, read-only): nothing is lost.
             cause = getattr(err, "orig", None) or err
             _fail(f"database error: {cause}; nothing was lost, run the command again later",
@@ -104,6 +100,12 @@ def common_options(command: F) -> F:
             _fail(f"{where}{err.strerror or err}", code, err if debug else None)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_database_error(err: Exception) -> bool:
+    # Without SQLAlchemy imported, no error can come from it (and none is imported for it).
+    exc = sys.modules.get("sqlalchemy.exc")
+    return exc is not None and isinstance(err, exc.SQLAlchemyError)
 
 
 def _fail(message: str, code: int, error: BaseException | None) -> NoReturn:
@@ -151,6 +153,8 @@ def build(ctx: Context, allow_empty: bool) -> None:
     A missing posts folder, or an empty one where the last build had posts, is an error
     (exit 2) that leaves the feeds as they were.
     """
+    from postroom.build import SiteBuilder
+
     settings = ctx.settings()
     report = SiteBuilder(settings).build(datetime.now(UTC), allow_empty=allow_empty)
     print_problems(report.problems)
@@ -177,6 +181,8 @@ def _summary(report: BuildReport, settings: Settings) -> str:
 @common_options
 def check(ctx: Context) -> None:
     """Report every problem in the posts; write nothing. Exit 1 if there is any."""
+    from postroom.build import SiteBuilder
+
     settings = ctx.settings()
     report = SiteBuilder(settings).build(datetime.now(UTC), write=False)
     print_problems(report.problems)
@@ -189,6 +195,8 @@ def check(ctx: Context) -> None:
 @common_options
 def init(ctx: Context, folder: Path) -> None:
     """Create a new site folder: a config, a sample post and the templates."""
+    from postroom.sitefolder import create_site
+
     created = create_site(folder, today=datetime.now(UTC).date())
     for path in created:
         ctx.say(f"created {path}")
@@ -202,6 +210,20 @@ def init(ctx: Context, folder: Path) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def open_database(settings: Settings) -> Engine:
+    """The configured database, its schema brought up to date (only what that needs)."""
+    from postroom.store import migrate, open_engine
+
+    engine = open_engine(settings.database_url, settings.database.busy_timeout_ms)
+    migrate(engine)
+    return engine
+
+
+# What `subscribers.STATUSES` holds (tests/test_cli_subscribers.py keeps them equal): the
+# options need it when the command line is parsed, before anything is imported.
+STATUSES = ("pending", "active", "unsubscribed", "bounced")
 
 
 @main.group()
@@ -229,6 +251,8 @@ def subscribers_group() -> None:
 @common_options
 def subscribers_add(ctx: Context, addresses: tuple[str, ...], pending: bool) -> None:
     """Add addresses as active subscribers (an unsubscribed one is left unsubscribed)."""
+    from postroom import subscribers
+
     engine = open_database(ctx.settings())
     problems = 0
     with engine.begin() as connection:
@@ -251,6 +275,8 @@ def subscribers_add(ctx: Context, addresses: tuple[str, ...], pending: bool) -> 
 @common_options
 def subscribers_remove(ctx: Context, addresses: tuple[str, ...]) -> None:
     """Unsubscribe addresses (kept as unsubscribed, so an import will not bring them back)."""
+    from postroom import subscribers
+
     engine = open_database(ctx.settings())
     missing = 0
     with engine.begin() as connection:
@@ -266,6 +292,8 @@ def subscribers_remove(ctx: Context, addresses: tuple[str, ...]) -> None:
 
 
 def _normalized_or_raw(address: str) -> str:
+    from postroom import subscribers
+
     try:
         return subscribers.normalize_address(address)
     except SubscriberError:
@@ -273,10 +301,13 @@ def _normalized_or_raw(address: str) -> str:
 
 
 @subscribers_group.command("list")
-@click.option("--status", type=click.Choice(subscribers.STATUSES), default=None)
+@click.option("--status", type=click.Choice(STATUSES), default=None)
 @common_options
 def subscribers_list(ctx: Context, status: str | None) -> None:
     """List subscribers (email, status, since) and the count per status."""
+    from postroom import subscribers
+    from postroom.store import reading
+
     engine = open_database(ctx.settings())
     for row in subscribers.iter_subscribers(engine, status):
         click.echo(f"{row.email}\t{row.status}\t{row.status_changed_at:%Y-%m-%d}")
@@ -292,6 +323,9 @@ def subscribers_list(ctx: Context, status: str | None) -> None:
 @common_options
 def subscribers_import(ctx: Context, csv_file: Path, status: str) -> None:
     """Import a CSV with an `email` column (optional `name`); bad rows are reported by line."""
+    from postroom import subscribers
+    from postroom.progress import file_progress
+
     engine = open_database(ctx.settings())
     with (csv_file.open("rb") as stream,
           file_progress("importing", csv_file.stat().st_size, quiet=ctx.verbosity < 0) as shown):
@@ -307,10 +341,12 @@ def subscribers_import(ctx: Context, csv_file: Path, status: str) -> None:
 @subscribers_group.command("export")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write to this file (default: standard output).")
-@click.option("--status", type=click.Choice(subscribers.STATUSES), default=None)
+@click.option("--status", type=click.Choice(STATUSES), default=None)
 @common_options
 def subscribers_export(ctx: Context, output: Path | None, status: str | None) -> None:
     """Export subscribers as CSV with a header."""
+    from postroom import subscribers
+
     engine = open_database(ctx.settings())
     if output is None:
         subscribers.export_csv(engine, sys.stdout, status)
@@ -332,6 +368,10 @@ def digest() -> None:
 @common_options
 def digest_preview(ctx: Context, address: str, output: Path) -> None:
     """Render the next digest into HTML, text and .eml files and print their paths."""
+    from postroom.build import SiteBuilder
+    from postroom.newsletter import plan_digest
+    from postroom.preview import write_preview
+
     settings = ctx.settings()
     engine = open_database(settings)
     plan = plan_digest(settings, engine, SiteBuilder(settings), _now())
@@ -354,6 +394,13 @@ def digest_preview(ctx: Context, address: str, output: Path) -> None:
 def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool,
                 now: bool) -> None:
     """Create the next digest if anything is new, then send every pending delivery."""
+    from postroom import outbox, subscribers
+    from postroom.build import SiteBuilder
+    from postroom.looplag import LoopLagProbe
+    from postroom.newsletter import create_digest, plan_digest, sender_processes
+    from postroom.preview import send_test
+    from postroom.store import reading
+
     settings = ctx.settings()
     engine = open_database(settings)
     builder = SiteBuilder(settings)
@@ -396,6 +443,8 @@ def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool,
 
 def _send_exit_code(engine: Any, stats: SendStats) -> int:
     """3 if deliveries are left waiting for a retry (say what and when), 1 if some failed."""
+    from postroom import outbox
+
     backlog = outbox.backlog(engine)
     if stats.retried and backlog.waiting:
         when = (f"{backlog.next_attempt.astimezone():%Y-%m-%d %H:%M:%S %Z}"
@@ -410,6 +459,10 @@ def _send_exit_code(engine: Any, stats: SendStats) -> int:
 
 def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
                         probe: LoopLagProbe | None = None) -> SendStats:
+    from postroom import outbox
+    from postroom.newsletter import send_outbox
+    from postroom.progress import send_progress
+
     pending = sum(d["pending"] + d["sending"] for d in outbox.status(engine))
 
     async def send(on_finish: Callable[[SendStats], None]) -> SendStats:
@@ -429,6 +482,8 @@ def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
 @common_options
 def digest_status(ctx: Context) -> None:
     """Show each digest with its pending, sent and failed deliveries."""
+    from postroom import outbox
+
     engine = open_database(ctx.settings())
     rows = outbox.status(engine)
     if not rows:
@@ -450,6 +505,8 @@ def digest_status(ctx: Context) -> None:
 @common_options
 def digest_retry(ctx: Context, digest_id: int | None) -> None:
     """Send failed deliveries again (to subscribers still active), and any pending ones."""
+    from postroom import outbox
+
     settings = ctx.settings()
     engine = open_database(settings)
     again = outbox.retry_failed(engine, _now(), digest_id)
