@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mailserver import MailServer
 from sites import Site
 
 
@@ -49,3 +50,10 @@ def postroom_command() -> str:
     if found is None:
         pytest.fail("the postroom console script is not installed (pip install -e '.[test]')")
     return found
+
+
+@pytest.fixture
+def sink() -> Iterator[MailServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, for the sites to mail through."""
+    with MailServer() as server:
+        yield server

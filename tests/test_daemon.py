@@ -25,12 +25,6 @@ MakeSite = Callable[..., DaemonSite]
 
 
 @pytest.fixture
-def sink() -> Iterator[MailServer]:
-    with MailServer() as server:
-        yield server
-
-
-@pytest.fixture
 def make_site(tmp_path: Path, sink: MailServer) -> Iterator[MakeSite]:
     """Return a factory: make_site(mail_server=None, **config tables) → a DaemonSite.
 

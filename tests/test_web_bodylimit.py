@@ -17,12 +17,6 @@ MB = 1 << 20
 
 
 @pytest.fixture
-def sink() -> Iterator[MailServer]:
-    with MailServer() as server:
-        yield server
-
-
-@pytest.fixture
 def site(tmp_path: Path, sink: MailServer) -> Iterator[DaemonSite]:
     with DaemonSite.create(tmp_path / "site", smtp_port=sink.port,
                            web={"body_timeout": 0.5}) as served:

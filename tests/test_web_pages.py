@@ -27,12 +27,6 @@ MakeSite = Callable[..., DaemonSite]
 
 
 @pytest.fixture
-def sink() -> Iterator[MailServer]:
-    with MailServer() as server:
-        yield server
-
-
-@pytest.fixture
 def make_site(tmp_path: Path, sink: MailServer) -> Iterator[MakeSite]:
     """Return a factory: make_site(**config tables) → a site whose web app is being served."""
     sites: list[DaemonSite] = []
