@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +95,24 @@ class Figures:
     report: Path
     test: str
     seed: int
+    broken: list[str] = field(default_factory=list)
 
     def hold(self, case: str, figure: Any, bound: str, holds: bool, note: str = "") -> None:
         """Record (case, figure, bound, holds); then fail the test unless it holds."""
+        self.record(case, figure, bound, holds, note)
+        self.assert_held()
+
+    def record(self, case: str, figure: Any, bound: str, holds: bool, note: str = "") -> bool:
+        """Record a row without failing yet (a test measuring several cases records them
+        all, then calls assert_held); return whether it holds."""
         self._write(case, str(figure), bound, bool(holds), note)
-        assert holds, f"{case}: {figure} is out of its bound {bound}. {note}".strip()
+        if not holds:
+            self.broken.append(f"{case}: {figure} is out of its bound {bound}. {note}".strip())
+        return bool(holds)
+
+    def assert_held(self) -> None:
+        """Fail the test if any row recorded so far is out of its bound."""
+        assert not self.broken, "\n".join(self.broken)
 
     def skip(self, case: str, note: str) -> None:
         """Record a row that could not be measured here, with why; the test is skipped."""
