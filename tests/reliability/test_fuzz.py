@@ -113,7 +113,7 @@ def run_fuzz(strategy: st.SearchStrategy[Any], examples: int,
         except PostroomError:
             pass
         except Exception as err:  # the figure: anything else is a traceback for the user
-            tracebacks.append(f"{type(err).__name__}: {str(err)[:100]} on {example!r:.120}")
+            tracebacks.append(f"{type(err).__name__}: {str(err)[:100]} on {example!r:.50}…")
 
     each()
     return ran, tracebacks
