@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import Figures
@@ -96,10 +96,13 @@ def config_text() -> st.SearchStrategy[str]:
                      structured.map(lambda t: t.replace("=", "", 1)))
 
 
-def run_fuzz(strategy: st.SearchStrategy[Any], examples: int,
-             check: Callable[[Any], None]) -> tuple[int, list[str]]:
-    """Run check() on `examples` derandomized examples; return how many ran and the
-    tracebacks (non-PostroomError exceptions), described."""
+def run_fuzz(strategy: st.SearchStrategy[Any], examples: int, check: Callable[[Any], None],
+             known: list[Any]) -> tuple[int, list[str]]:
+    """Run check() on the `known` inputs, then on `examples` derandomized examples; return
+    how many ran and the tracebacks (non-PostroomError exceptions), described.
+
+    The known inputs are the ones that broke postroom before: a short run always has them.
+    """
     ran, tracebacks = 0, []
 
     @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
@@ -115,6 +118,8 @@ def run_fuzz(strategy: st.SearchStrategy[Any], examples: int,
         except Exception as err:  # the figure: anything else is a traceback for the user
             tracebacks.append(f"{type(err).__name__}: {str(err)[:100]} on {example!r:.50}…")
 
+    for value in known:
+        each = example(value)(each)
     each()
     return ran, tracebacks
 
@@ -131,7 +136,9 @@ def test_fuzzed_post_files_through_check(tmp_path: Path, figures: Figures,
         from postroom.build import SiteBuilder
         SiteBuilder(settings_).build(NOW, write=False)
 
-    ran, tracebacks = run_fuzz(post_bytes(), examples, check)
+    known = [b"---\n---\n", b"---\ntitle: [\n---\n", b"---\ndate: tomorrow\n---\nx",
+             b"\xef\xbb\xbf---\ntitle: x\n", b"---\n- a\n---\n", b"\xff\xfe"]
+    ran, tracebacks = run_fuzz(post_bytes(), examples, check, known)
     figures.hold(f"fuzz: post files (front matter + Markdown) through check, {ran} examples:"
                  " tracebacks", len(tracebacks), "0", not tracebacks, "; ".join(tracebacks[:2]))
 
@@ -145,7 +152,11 @@ def test_fuzzed_csv_files_through_import(tmp_path: Path, figures: Figures,
     def check(raw: bytes) -> None:
         subscribers.import_csv(site.engine, "fuzzed.csv", io.BytesIO(raw), now)
 
-    ran, tracebacks = run_fuzz(csv_bytes(), examples, check)
+    wide = b"x" * 140_000
+    known = [b"", b"email\n", b"\x00\x00", b'"email\n', wide + b"\nb@example.org\n",
+             b"email," + wide + b"\nb@example.org,B\n",
+             b"email,name\na@example.org," + wide + b"\n"]
+    ran, tracebacks = run_fuzz(csv_bytes(), examples, check, known)
     figures.hold(f"fuzz: CSV files through subscribers import, {ran} examples: tracebacks",
                  len(tracebacks), "0", not tracebacks, "; ".join(tracebacks[:2]))
 
@@ -159,6 +170,7 @@ def test_fuzzed_config_files_through_load(tmp_path: Path, figures: Figures,
         config.write_text(text, encoding="utf-8", errors="replace")
         load_settings(config, env={})
 
-    ran, tracebacks = run_fuzz(config_text(), examples, check)
+    known = ["", "[site]\nbase_url = 1\n", "[digest]\nschedule = \"funday 09:00\"\n", "x = ["]
+    ran, tracebacks = run_fuzz(config_text(), examples, check, known)
     figures.hold(f"fuzz: config files through load_settings, {ran} examples: tracebacks",
                  len(tracebacks), "0", not tracebacks, "; ".join(tracebacks[:2]))

@@ -109,14 +109,18 @@ def test_sigkill_during_a_feed_build(tmp_path: Path, figures: Figures, rng: rand
     report = site.build(datetime.now(UTC))
     final = feed_files(site.output)
     stale = [n for n, d in final.items() if not n.endswith(".tmp") and not whole(n, d)]
+    litter = sum(name.endswith(".tmp") for name in final)
 
     case = f"SIGKILL ×{kills} during a feed build of {posts:,} posts ({total} files)"
     figures.hold(f"{case}: torn or missing feed files", len(torn) + missing, "0",
                  not torn and not missing,
                  f"{mid_way} of {kills} kills left old and new files side by side; "
-                 f"{temp_files} temporary file(s) left by the kills; {torn[:3]}")
+                 f"{temp_files} temporary file(s) left by the kills"
+                 + (f"; {torn[:3]}" if torn else ""))
     figures.hold(f"{case}: feeds whole after the next build", len(stale), "0",
-                 not stale and not report.problems, f"{stale[:3]}")
+                 not stale and not report.problems,
+                 f"{litter} temporary file(s) of the killed builds still in the output folder"
+                 + (f"; {stale[:3]}" if stale else ""))
 
 
 # ---- an import ---------------------------------------------------------------------------
