@@ -310,7 +310,9 @@ class Settings(Section):
         """Return the database URL, a relative SQLite path made absolute against the config."""
         url = self.database.url
         prefix = "sqlite:///"
-        if url.startswith(prefix) and url != "sqlite:///:memory:":
+        # A `sqlite:///file:…?uri=true` URL (e.g. mode=ro) is SQLite's own: taken as written.
+        if url.startswith(prefix) and url != "sqlite:///:memory:" and not url.startswith(
+                prefix + "file:"):
             file = Path(url[len(prefix) :])
             return prefix + str(self.path(file))
         return url

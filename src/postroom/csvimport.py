@@ -76,7 +76,10 @@ def header_delimiter(first_line: str, names: Collection[str] = ("email",)) -> st
     the files an import must cope with, those with short or malformed rows.
     """
     for delimiter in DELIMITERS:
-        cells = next(csv.reader([first_line], delimiter=delimiter), [])
+        try:
+            cells = next(csv.reader([first_line], delimiter=delimiter), [])
+        except csv.Error:  # a cell over the field limit, a NUL: the row reader reports it
+            continue
         if any(header_key(cell) in names for cell in cells):
             return delimiter
     return next((d for d in DELIMITERS if d in first_line), ",")

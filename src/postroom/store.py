@@ -26,8 +26,7 @@ SCHEMA_HEAD = "0004"
 
 def open_engine(url: str, busy_timeout_ms: int = 10_000) -> Engine:
     """Given a database URL, return an engine; SQLite gets WAL, a busy timeout and FKs."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    url = _sqlite_location(url)
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError) as err:
@@ -35,6 +34,26 @@ def open_engine(url: str, busy_timeout_ms: int = 10_000) -> Engine:
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, busy_timeout_ms)
     return engine
+
+
+def _sqlite_location(url: str) -> str:
+    """Make a SQLite file's folder; open a file on read-only storage read-only.
+
+    A WAL database needs its -shm file, which read-only storage cannot hold: without a -wal
+    file (closed cleanly, so no writer is mid-transaction) it is opened as immutable, so
+    the read commands still work and a write fails with "attempt to write a readonly
+    database". A `sqlite:///file:…?uri=true` URL is the user's own and is left as it is.
+    """
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == "sqlite:///:memory:" or url.startswith(
+            prefix + "file:"):
+        return url
+    path = Path(url.removeprefix(prefix))
+    if path.is_file() and not os.access(path.parent, os.W_OK):
+        immutable = "" if Path(f"{path}-wal").exists() else "&immutable=1"
+        return f"{prefix}file:{path}?mode=ro{immutable}&uri=true"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def _tune_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
