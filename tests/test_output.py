@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from postroom.output import MANIFEST, read_manifest, remove_stale, write_atomic, write_manifest
+from postroom.output import (
+    MANIFEST,
+    read_manifest,
+    remove_leftover_temps,
+    remove_stale,
+    write_atomic,
+    write_manifest,
+)
 
 
 def test_write_atomic_creates_folders_and_the_file(tmp_path: Path) -> None:
@@ -87,3 +94,18 @@ def test_remove_stale_deletes_only_listed_files_inside_the_folder(tmp_path: Path
     assert not (output / "tags" / "old.atom").exists()
     assert (output / "index.html").read_text() == "mine"
     assert outside.read_text() == "keep"
+
+
+def test_temporary_files_a_killed_write_left_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "tags").mkdir()
+    leftovers = [tmp_path / ".feed.atom.k3j2h1.tmp", tmp_path / "tags" / ".rust.rss.x9y8.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a feed")
+    mine = tmp_path / ".notes.txt.tmp"  # not beside a file postroom writes: left alone
+    mine.write_text("keep")
+
+    removed = remove_leftover_temps(tmp_path, ["feed.atom", "tags/rust.rss", "feed.rss"])
+
+    assert sorted(removed) == sorted(leftovers)
+    assert not any(p.exists() for p in leftovers)
+    assert mine.exists()

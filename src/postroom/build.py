@@ -12,8 +12,10 @@ from postroom.config import Settings
 from postroom.errors import Problem
 from postroom.feeds import STYLESHEET, plan_feeds, render_feed, tag_slug
 from postroom.output import (
+    MANIFEST,
     read_manifest,
     read_manifest_post_files,
+    remove_leftover_temps,
     remove_stale,
     write_atomic,
     write_manifest,
@@ -131,6 +133,8 @@ class SiteBuilder:
         """Write the report's feeds into the output folder, removing feeds no longer built."""
         folder = self.settings.output_dir
         folder.mkdir(parents=True, exist_ok=True)
+        # A build killed mid-write leaves its temporary files: the next one clears them.
+        remove_leftover_temps(folder, [*report.feeds, MANIFEST])
         for name, data in sorted(report.feeds.items()):
             changed = write_atomic(folder / name, data)
             (report.written if changed else report.unchanged).append(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -96,4 +98,19 @@ def remove_stale(folder: Path, names: Iterable[str]) -> list[str]:
             removed.append(name)
         except FileNotFoundError:
             pass
+    return removed
+
+
+def remove_leftover_temps(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Delete temporary files a killed write left beside these files; return them.
+
+    Only names write_atomic makes (`.<name>.<random>.tmp`) next to files postroom writes.
+    """
+    removed = []
+    for name in names:
+        target = folder / name
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed.append(leftover)
     return removed
