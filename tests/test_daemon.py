@@ -504,7 +504,8 @@ def test_a_bad_schedule_stops_the_daemon_at_start_with_a_clear_message(
     site = make_site(digest={"schedule": "funday 09:00"})
     result = site.run("run", timeout=30)
     assert result.returncode == 2
-    assert "digest.schedule 'funday 09:00'" in result.stderr
+    assert re.search(r"postroom\.toml:\d+: digest\.schedule: 'funday 09:00': unknown day",
+                     result.stderr), result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -169,7 +169,8 @@ class DigestSettings(Section):
         try:
             parse_schedule(value, ZoneInfo("UTC"))
         except ConfigError as err:
-            raise ValueError(str(err).split(": ", 1)[-1]) from err
+            # "digest.schedule 'x': why" → "'x': why"; the loader puts the file, line and key.
+            raise ValueError(f"{value!r}: {str(err).split(': ', 1)[-1]}") from err
         return value
 
 
