@@ -1,4 +1,4 @@
-"""The database: engine setup, migrations, installation facts, and the single-sender lock."""
+"""The database: engine setup, migrations, installation facts, and the daemon lock."""
 
 from __future__ import annotations
 
