@@ -22,7 +22,7 @@ import pytest
 from mailserver import MailServer
 from mailsite import FROM_ADDRESS, MailSite
 from postroom import outbox
-from postroom.errors import StoreError
+from postroom.errors import StoreError, TemplateError
 from postroom.newsletter import send_outbox
 from postroom.senderpool import MIN_DUE_PER_PROCESS
 from postroom.subscribers import normalize_address
@@ -254,3 +254,19 @@ def test_sender_processes_share_the_outbox_and_send_each_delivery_once(
     per_session = Counter(m.session for m in server.messages())
     assert len(per_session) == 4 and min(per_session.values()) > 1, per_session
     assert {row.status for row in site.deliveries()} == {"sent"}
+
+
+def test_a_digest_that_cannot_be_rendered_at_send_time_is_handed_back_not_left_leased(
+    tmp_path: Path, server: MailServer
+) -> None:
+    site = site_with_digest(tmp_path, server.port, 4)
+    # Broken after the digest was created: the site's own template shadows the default.
+    (site.settings.templates_dir).mkdir(parents=True, exist_ok=True)
+    (site.settings.templates_dir / "digest.html").write_text("{% if %}", encoding="utf-8")
+
+    with pytest.raises(TemplateError, match=r"digest\.html"):
+        site.send()
+
+    assert server.count() == 0
+    assert [(row.status, row.attempts, row.claimed_by) for row in site.deliveries()] == [
+        ("pending", 0, None)] * 4

@@ -119,6 +119,7 @@ class MessageFactory:
 
     def _compose_blocking(self, digest_id: int) -> PreparedMessage:
         with reading(self.engine) as connection:
+            # The digest must exist (its deliveries point at it); NoResultFound otherwise.
             connection.execute(select(digests.c.id).where(digests.c.id == digest_id)).scalar_one()
             posts = outbox.digest_posts_of(connection, digest_id)
         return compose_digest(self.environment, self.settings, posts)
@@ -311,7 +312,14 @@ class Sender:
                 "claim deliveries", outbox.claim_batch, self.engine, self.worker, self.clock(),
                 self.lease, self.claim_size())
             if claimed:
-                await self.messages.load(claimed)
+                try:
+                    await self.messages.load(claimed)
+                except Exception:
+                    # A template that does not render, say: give the batch back, not leased.
+                    await self.with_database(
+                        "hand back a batch", outbox.release, self.engine, self.worker,
+                        [c.id for c in claimed], self.clock())
+                    raise
                 for delivery in claimed:
                     self.queue.put_nowait(delivery)
                 continue
