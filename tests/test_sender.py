@@ -262,7 +262,7 @@ def test_a_digest_that_cannot_be_rendered_at_send_time_is_handed_back_not_left_l
     site = site_with_digest(tmp_path, server.port, 4)
     # Broken after the digest was created: the site's own template shadows the default.
     (site.settings.templates_dir).mkdir(parents=True, exist_ok=True)
-    (site.settings.templates_dir / "digest.html").write_text("{% if %}", encoding="utf-8")
+    (site.settings.templates_dir / "digest.html").write_text("{{ 1 // 0 }}", encoding="utf-8")
 
     with pytest.raises(TemplateError, match=r"digest\.html"):
         site.send()

@@ -62,4 +62,7 @@ def render(environment: Environment, name: str, context: dict[str, Any]) -> str:
     try:
         return environment.get_template(name).render(context)
     except JinjaError as err:
-        raise TemplateError(f"template {name}: {err.message or err}") from None
+        raise TemplateError(f"template {name}: {err.message or err}") from err
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as err:
+        # An expression of a site's own template that fails as it renders (`1 // 0`).
+        raise TemplateError(f"template {name}: {type(err).__name__}: {err}") from err
