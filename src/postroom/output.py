@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import tempfile
@@ -104,13 +103,22 @@ def remove_stale(folder: Path, names: Iterable[str]) -> list[str]:
 def remove_leftover_temps(folder: Path, names: Iterable[str]) -> list[Path]:
     """Delete temporary files a killed write left beside these files; return them.
 
-    Only names write_atomic makes (`.<name>.<random>.tmp`) next to files postroom writes.
+    Only names write_atomic makes (`.<name>.<random>.tmp`, the random part has no dot) next
+    to files postroom writes. One listing per folder: this runs on every build.
     """
-    removed = []
+    by_folder: dict[Path, set[str]] = {}
     for name in names:
         target = folder / name
-        for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed.append(leftover)
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    removed = []
+    for parent, written in by_folder.items():
+        with contextlib.suppress(FileNotFoundError), os.scandir(parent) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                    continue
+                base = entry.name[1:-4].rpartition(".")[0]
+                if base in written:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append(parent / entry.name)
     return removed
