@@ -11,7 +11,8 @@ POSTROOM__SMTP__CONCURRENCY=C. Then an import of a 100,000-row CSV (1,000,000 wi
 --full). --quick: one repeat, N = 10,000, a 10,000-row import.
 
 Needs smtp-sink and smtp-source (Debian package postfix, installed without configuration
-if missing and running as root). Writes bench/RESULTS.md and prints the same tables.
+if missing and running as root). Writes its section of bench/RESULTS.md (the other
+benchmarks' sections stay as they are) and prints the same tables.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from delivery_setup import (
     subscriber_db,
     write_csv,
 )
+from results_file import write_section
 
 HERE = Path(__file__).resolve().parent
 SIZES, FULL_SIZES, QUICK_SIZES = (10_000, 100_000), (10_000, 100_000, 1_000_000), (10_000,)
@@ -74,7 +76,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=None, metavar="K",
                         help="pass POSTROOM__SMTP__PROCESSES=K to postroom (default: not set)")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md",
-                        help="where to write the tables (default bench/RESULTS.md)")
+                        help="the file whose delivery section gets the tables "
+                             "(default bench/RESULTS.md)")
     args = parser.parse_args(argv)
     if args.quick and args.full:
         parser.error("--quick and --full exclude each other")
@@ -243,7 +246,7 @@ class Bench:
 
     def write(self, status: str) -> str:
         text = render(self.facts(), self.runs, status)
-        self.args.output.write_text(text, encoding="utf-8")
+        write_section(self.args.output, "delivery", text)  # the other sections stay
         return text
 
     def facts(self) -> list[tuple[str, str]]:
