@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from delivery_setup import (
     subscriber_db,
     write_csv,
 )
+from facts import machine, postroom_command, postroom_version
 from results_file import write_section
 
 HERE = Path(__file__).resolve().parent
@@ -91,14 +91,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def timeout_for(items: int) -> float:
     return BASE_TIMEOUT + TIMEOUT_PER_ITEM * items
-
-
-def postroom_command() -> list[str]:
-    beside = Path(sys.executable).parent / "postroom"
-    found = str(beside) if beside.exists() else shutil.which("postroom")
-    if not found:
-        raise BenchError("the `postroom` command is not installed: run `make .venv/.installed`")
-    return [found]
 
 
 class Bench:
@@ -252,12 +244,11 @@ class Bench:
     def facts(self) -> list[tuple[str, str]]:
         return [
             ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
-            ("machine", f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
-                        f"{_cpu_model()}, {_memory()}"),
+            ("machine", machine()),
             ("system", f"{platform.system()} {platform.release()}"),
             ("python", platform.python_version()),
             ("postfix (smtp-source, smtp-sink)", postfix_version()),
-            ("postroom", _postroom_version(self.postroom)),
+            ("postroom", postroom_version(self.postroom)),
             ("digest message", f"{len(self.message):,} bytes ({self._posts()} posts), "
                                "the same bytes for both senders"),
             ("runs", f"{self.args.repeats} repeat(s) per figure; N = "
@@ -283,47 +274,6 @@ def _number(value: object) -> float | None:
 
 def _int(value: object) -> int | None:
     return int(value) if isinstance(value, int) else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB RAM"
-    except OSError:
-        pass
-    return "RAM unknown"
-
-
-def _postroom_version(postroom: list[str]) -> str:
-    """The version, and where the package comes from: this checkout (which commit) or not."""
-    version = _output([*postroom, "--version"]) or "unknown version"
-    package = Path(_output([sys.executable, "-c", "import postroom; print(postroom.__file__)"])
-                   or ".").resolve().parent
-    source = HERE.parent / "src" / "postroom"
-    if package != source:
-        return f"{version}, from {package}"
-    commit = _output(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = _output(["git", "-C", str(HERE), "status", "--porcelain", "--", str(source)])
-    return f"{version}, commit {commit}" + (" + uncommitted changes in src/" if dirty else "")
-
-
-def _output(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
