@@ -1,30 +1,51 @@
-"""Building the feeds: scan the collection, render what a feed shows, write what changed."""
+"""Building the feeds: scan the collection, render the feeds whose entries changed, write them.
+
+Work follows change. Each feed file has an input key (a hash of the settings, postroom's
+code and the versions of the post files it shows); a feed whose key and file on disk are
+as the last build left them is neither rendered nor written. So a rescan with nothing
+changed costs the stat walk, an edit re-renders only the feeds that show the post (or that
+it leaves), and a CLI build with nothing changed reads no post (the parse cache) and
+renders nothing. Markdown, feedgen and Jinja are imported only when something is rendered.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from postroom import __version__
+from postroom.buildstate import BuildState, load_build_state, save_build_state
 from postroom.collection import PostCollection, PostsFolderError, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
-from postroom.feeds import STYLESHEET, plan_feeds, render_feed, tag_slug
 from postroom.output import (
     MANIFEST,
     read_manifest,
     read_manifest_post_files,
     remove_leftover_temps,
     remove_stale,
-    write_atomic,
+    write_files,
     write_manifest,
 )
-from postroom.posts import Post
-from postroom.render import RenderedPost, Renderer
-from postroom.templates import render, template_environment
+from postroom.posts import Post, PostChanged, tag_slug
+
+if TYPE_CHECKING:
+    from postroom.feeds import FeedSpec
+    from postroom.render import RenderedPost, Renderer
 
 log = logging.getLogger(__name__)
+
+STYLESHEET = "feed.xsl"
+# Rescans when a post changes while its body is being read (an editor saving as we build).
+ATTEMPTS = 3
+# postroom's own files whose code shapes a feed's bytes: a change to them is a new key.
+CODE = ("feeds.py", "render.py", "posts.py", "build.py")
 
 
 @dataclass
@@ -32,74 +53,163 @@ class BuildReport:
     """What one build did, for the CLI's summary and the daemon's log line."""
 
     published: int = 0
-    feeds: dict[str, bytes] = field(default_factory=dict)
+    feeds: Mapping[str, bytes] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     parsed: int = 0
     post_files: int = 0  # good or bad: what the next build compares an empty folder with
+    rendered: int = 0  # feed files rendered this build (the rest were known unchanged)
+
+
+@dataclass(frozen=True)
+class PlannedFeed:
+    """One feed file of a build: its spec, its entries (newest first) and its input key."""
+
+    spec: FeedSpec | None  # None: the XSL stylesheet
+    entries: tuple[Post, ...]
+    key: str
+
+
+class FeedBytes(Mapping[str, bytes]):
+    """A build's feed files by relative path; files the build did not render are read from
+    the output folder when asked for (the daemon and the CLI rarely ask)."""
+
+    def __init__(self, folder: Path, known: dict[str, bytes], names: Sequence[str]) -> None:
+        self._folder, self._known, self._names = folder, known, list(names)
+
+    def __getitem__(self, name: str) -> bytes:
+        if name in self._known:
+            return self._known[name]
+        if name not in self._names:
+            raise KeyError(name)
+        data = self._known[name] = (self._folder / name).read_bytes()
+        return data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class SiteBuilder:
-    """Keeps the scan cache and rendered posts between builds (the daemon rebuilds often)."""
+    """Keeps the scan cache, rendered posts and feed bytes between builds (the daemon
+    rebuilds often). Not thread-safe: one owner (the daemon's builder thread, or the CLI)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, use_cache: bool = True) -> None:
         self.settings = settings
         site = settings.site
-        self.collection = PostCollection(settings.posts_dir, site.zone, site.host)
-        self.renderer = Renderer()
-        self.templates = template_environment(settings.templates_dir)
-        self._rendered: dict[Post, RenderedPost] = {}
+        cache = settings.cache_dir
+        self.collection = PostCollection(settings.posts_dir, site.zone, site.host,
+                                         cache / "posts.json" if use_cache else None)
+        self.state_file = cache / "feeds.json" if use_cache else None
         self.last_scan: Scan | None = None
-        self._last_published: list[Post] = []
-        self._last_files: dict[str, bytes] | None = None
+        self._renderer: Renderer | None = None
+        self._rendered: dict[Post, RenderedPost] = {}
+        self._bytes: dict[str, tuple[str, bytes]] = {}  # path -> (key, bytes) last built
+        self._plan: tuple[Scan, int, list[tuple[str, PlannedFeed]]] | None = None
+        self._state: BuildState | None = None
+        self._stamp = _settings_stamp(settings)
+        self.renders = 0  # feed files rendered by this builder, for reports and tests
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from postroom.render import Renderer
+
+            self._renderer = Renderer()
+        return self._renderer
 
     def rendered(self, post: Post) -> RenderedPost:
-        """Return the post rendered, from the cache when the post has not changed."""
+        """Return the post rendered, from the cache when the post has not changed.
+
+        Raises PostChanged if its file changed since the scan."""
         cached = self._rendered.get(post)
         if cached is None:
             cached = self._rendered[post] = self.renderer.render(self.settings, post)
         return cached
 
-    def feeds(self, scan: Scan, now: datetime) -> dict[str, bytes]:
-        """Given a scan and the time, return every feed file's relative path and bytes."""
-        published = scan.published(now)
-        # Unchanged posts are the very same cached objects, so identity says "nothing new"
-        # (the previous list is kept alive, so no id can have been reused).
-        previous = self._last_published
-        if self._last_files is not None and len(previous) == len(published) and all(
-            a is b for a, b in zip(previous, published, strict=True)
-        ):
-            return self._last_files
-        files = self._render_feeds(published)
-        self._last_published, self._last_files = published, files
-        return files
+    # ---- planning --------------------------------------------------------------------
 
-    def _render_feeds(self, published: list[Post]) -> dict[str, bytes]:
+    def plan(self, scan: Scan, now: datetime) -> list[tuple[str, PlannedFeed]]:
+        """Given a scan and the time, return every feed file to build, by relative path."""
+        published = scan.published(now)
+        if self._plan is not None and self._plan[0] is scan and self._plan[1] == len(published):
+            return self._plan[2]  # same scan, no post came due: the same feeds
+        from postroom.feeds import plan_feeds
+
         limit = self.settings.feeds.entries
-        by_slug: dict[str, str] = {}
+        names: dict[str, str] = {}  # tag slug -> the tag as its newest post spells it
         for post in published:
             for tag in post.tags:
-                by_slug.setdefault(tag_slug(tag), tag)
-        files: dict[str, bytes] = {}
-        used: set[Post] = set()
-        for spec, scope in plan_feeds(self.settings, sorted(by_slug.values(), key=tag_slug)):
-            chosen = _newest_with_tag(published, scope, limit)
-            used.update(chosen)
-            files[spec.path] = render_feed(spec, [self.rendered(p) for p in chosen])
-        # Forget renderings of posts that left every feed, so memory follows the feeds' size.
-        self._rendered = {p: r for p, r in self._rendered.items() if p in used}
+                names.setdefault(tag_slug(tag), tag)
+        chosen = _newest_per_tag(published, limit, self.settings.feeds.per_tag)
+        planned: list[tuple[str, PlannedFeed]] = []
+        for spec, scope in plan_feeds(self.settings, sorted(names.values(), key=tag_slug)):
+            entries = tuple(chosen.get(_slug_of(scope), ()))
+            planned.append((spec.path, PlannedFeed(spec, entries, self._key(spec.path, entries))))
         if any(fmt in ("atom", "rss") for fmt in self.settings.feeds.formats):
-            files[STYLESHEET] = self.stylesheet()
-        return files
+            planned.append((STYLESHEET, PlannedFeed(None, (), self._stylesheet_key())))
+        self._plan = (scan, len(published), planned)
+        return planned
+
+    def _key(self, path: str, entries: Sequence[Post]) -> str:
+        digest = hashlib.sha256(f"{self._stamp}\0{path}".encode())
+        for post in entries:
+            digest.update(f"\0{post.path}\0{post.version[0]}\0{post.version[1]}".encode())
+        return digest.hexdigest()
+
+    def _stylesheet_key(self) -> str:
+        from postroom.templates import DEFAULT_TEMPLATES
+
+        digest = hashlib.sha256(self._stamp.encode())
+        for folder in (self.settings.templates_dir, DEFAULT_TEMPLATES):
+            digest.update(f"\0{_stat_stamp(folder / STYLESHEET)}".encode())
+        return digest.hexdigest()
+
+    # ---- rendering -------------------------------------------------------------------
+
+    def feed_bytes(self, name: str, planned: PlannedFeed) -> bytes:
+        """Return one planned file's bytes, rendering it unless this builder has them."""
+        known = self._bytes.get(name)
+        if known is not None and known[0] == planned.key:
+            return known[1]
+        if planned.spec is None:
+            data = self.stylesheet()
+        else:
+            from postroom.feeds import render_feed
+
+            data = render_feed(planned.spec, [self.rendered(p) for p in planned.entries])
+        self._bytes[name] = (planned.key, data)
+        self.renders += 1
+        return data
 
     def stylesheet(self) -> bytes:
         """Return the XSL stylesheet that makes a feed readable in a browser."""
+        from postroom.templates import render, template_environment
+
         context = {"site": {"title": self.settings.site.title,
                             "url": self.settings.site.base_url + "/",
                             "subscribe_url": self.settings.public_url + "/subscribe"}}
-        return render(self.templates, STYLESHEET, context).encode("utf-8")
+        templates = template_environment(self.settings.templates_dir)
+        return render(templates, STYLESHEET, context).encode("utf-8")
+
+    def feeds(self, scan: Scan, now: datetime) -> dict[str, bytes]:
+        """Given a scan and the time, return every feed file's relative path and bytes."""
+        return {name: self.feed_bytes(name, planned) for name, planned in self.plan(scan, now)}
+
+    def _forget_unused(self, planned: list[tuple[str, PlannedFeed]]) -> None:
+        # Memory follows the feeds' size: renderings of posts that left every feed go.
+        used = {post for _, p in planned for post in p.entries}
+        if len(self._rendered) > len(used):
+            self._rendered = {p: r for p, r in self._rendered.items() if p in used}
+        names = {name for name, _ in planned}
+        for name in [n for n in self._bytes if n not in names]:
+            del self._bytes[name]
+
+    # ---- building --------------------------------------------------------------------
 
     def build(self, now: datetime, *, write: bool = True, allow_empty: bool = False
               ) -> BuildReport:
@@ -109,6 +219,18 @@ class SiteBuilder:
         unreadable, or has no post files while the last build had some (a folder moved or
         a disk not mounted must not empty the live feeds); `allow_empty` writes them empty.
         """
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._build_once(now, write=write, allow_empty=allow_empty)
+            except PostChanged as err:
+                # Scanned, then changed before its body was read: scan again.
+                self.collection.forget([err.path])
+                if attempt == ATTEMPTS - 1:
+                    raise PostsFolderError(f"{err}; the posts kept changing during "
+                                           f"{ATTEMPTS} builds, so none was written") from err
+        raise AssertionError("unreachable")
+
+    def _build_once(self, now: datetime, *, write: bool, allow_empty: bool) -> BuildReport:
         output = self.settings.output_dir
         try:
             scan = self.collection.scan()
@@ -122,34 +244,98 @@ class SiteBuilder:
                     f"last build had {before}; the feeds in {output} are left as they were "
                     f"(if every post was removed on purpose: postroom build --allow-empty)")
         self.last_scan = scan
-        report = BuildReport(problems=scan.problems, parsed=scan.parsed, post_files=scan.files)
-        report.published = len(scan.published(now))
-        report.feeds = self.feeds(scan, now)
+        planned = self.plan(scan, now)
+        report = BuildReport(problems=scan.problems, parsed=scan.parsed, post_files=scan.files,
+                             published=len(scan.published(now)))
+        renders = self.renders
         if write:
-            self.write(report)
+            self._write(report, planned)
+        else:
+            report.feeds = {name: self.feed_bytes(name, p) for name, p in planned}
+        report.rendered = self.renders - renders
+        self._forget_unused(planned)
         return report
 
-    def write(self, report: BuildReport) -> None:
-        """Write the report's feeds into the output folder, removing feeds no longer built."""
+    def _last_state(self) -> BuildState:
+        # Read once: from then on this builder is what changes the output folder (another
+        # writer's files differ in size or are re-rendered after a key mismatch anyway).
+        if self._state is None:
+            self._state = BuildState() if self.state_file is None else \
+                load_build_state(self.state_file, self.settings.output_dir)
+        return self._state
+
+    def _write(self, report: BuildReport, planned: list[tuple[str, PlannedFeed]]) -> None:
+        """Write the planned files that changed, remove feeds no longer built, and record
+        what was built."""
         folder = self.settings.output_dir
         folder.mkdir(parents=True, exist_ok=True)
-        # A build killed mid-write leaves its temporary files: the next one clears them.
-        remove_leftover_temps(folder, [*report.feeds, MANIFEST])
-        for name, data in sorted(report.feeds.items()):
-            changed = write_atomic(folder / name, data)
-            (report.written if changed else report.unchanged).append(name)
-        report.removed = remove_stale(folder, read_manifest(folder) - report.feeds.keys())
-        write_manifest(folder, report.feeds, report.post_files)
+        last = self._last_state()
+        changed: dict[str, bytes] = {}
+        known: dict[str, bytes] = {}
+        for name, feed in planned:
+            if last.inputs.get(name) == feed.key and _size(folder / name) == last.sizes.get(name):
+                report.unchanged.append(name)  # as the last build left it: nothing to do
+                if name in self._bytes and self._bytes[name][0] == feed.key:
+                    known[name] = self._bytes[name][1]
+                continue
+            known[name] = changed[name] = self.feed_bytes(name, feed)
+        names = [name for name, _ in planned]
+        if changed:
+            # A build killed mid-write leaves its temporary files: the next one clears them.
+            remove_leftover_temps(folder, [*changed, MANIFEST])
+            written = write_files(folder, changed)
+            report.written = sorted(written)
+            report.unchanged = sorted([*report.unchanged, *(n for n in changed
+                                                           if n not in written)])
+        report.removed = remove_stale(folder, read_manifest(folder) - set(names))
+        report.feeds = FeedBytes(folder, known, names)
+        write_manifest(folder, names, report.post_files)
+        state = BuildState(inputs={name: feed.key for name, feed in planned},
+                           sizes={name: len(data) for name, data in changed.items()}
+                           | {name: last.sizes[name] for name in names
+                              if name not in changed and name in last.sizes})
+        if state != last and self.state_file is not None:
+            save_build_state(self.state_file, folder, state)
+        self._state = state
 
 
-def _newest_with_tag(published: Sequence[Post], tag: str | None, limit: int) -> list[Post]:
-    if tag is None:
-        return list(published[:limit])
-    slug = tag_slug(tag)
-    chosen: list[Post] = []
+def _newest_per_tag(published: Sequence[Post], limit: int, per_tag: bool
+                    ) -> dict[str | None, list[Post]]:
+    """Return the newest `limit` posts overall (key None) and per tag slug, in one pass."""
+    chosen: dict[str | None, list[Post]] = {None: list(published[:limit])}
+    if not per_tag:
+        return chosen
     for post in published:
-        if any(tag_slug(t) == slug for t in post.tags):
-            chosen.append(post)
-            if len(chosen) == limit:
-                break
+        for slug in post.tag_slugs:
+            entries = chosen.setdefault(slug, [])
+            if len(entries) < limit:
+                entries.append(post)
     return chosen
+
+
+def _slug_of(tag: str | None) -> str | None:
+    return None if tag is None else tag_slug(tag)
+
+
+def _settings_stamp(settings: Settings) -> str:
+    """What, besides the posts, shapes the feeds: the settings and postroom's code."""
+    here = Path(__file__).parent
+    code = ",".join(_stat_stamp(here / name) for name in CODE)
+    return f"{__version__}\0{code}\0{settings.model_dump_json()}"
+
+
+def _size(path: Path) -> int:
+    # Size only: the mtime of an unchanged file may be touched by others (backups, rsync),
+    # and a file cut short or removed is what this must catch.
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _stat_stamp(path: Path) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from functools import cached_property
 from pathlib import Path
 
 from postroom.errors import PostroomError, Problem
+from postroom.parsecache import FileKey, load_parse_cache, save_parse_cache
 from postroom.posts import ParsedFile, Post, iter_post_files, read_post_file
-
-# What identifies a file's version without reading it: size and modification time (ns).
-FileKey = tuple[int, int]
 
 
 class PostsFolderError(PostroomError):
@@ -32,49 +32,93 @@ class Scan:
     parsed: int = 0  # files actually read and parsed this pass (the rest came from the cache)
     files: int = 0  # post files found, good or bad
 
+    @cached_property
+    def _newest_first(self) -> list[Post]:
+        """Every post that is not a draft, newest first (sorted once per scan)."""
+        return newest_first(p for p in self.posts if not p.draft)
+
+    @cached_property
+    def _dates(self) -> list[datetime]:
+        return [p.published for p in reversed(self._newest_first)]  # ascending, for bisect
+
     def published(self, now: datetime) -> list[Post]:
         """Given the current time, return the public posts, newest first."""
-        return newest_first(p for p in self.posts if p.is_published(now))
+        # Posts dated after `now` are the head of the list: skip them without a sort.
+        future = len(self._dates) - bisect.bisect_right(self._dates, now)
+        return self._newest_first[future:]
 
 
 @dataclass
 class PostCollection:
-    """The posts folder, rescanned on demand; parsed files are cached by path, size and mtime."""
+    """The posts folder, rescanned on demand; parsed files are cached by path, size and mtime.
+
+    With a `cache_file`, the parsed files survive the process too (a CLI build with
+    nothing changed reads no post); the file is a cache only: any problem with it means
+    parsing again.
+    """
 
     folder: Path
     zone: tzinfo
     host: str
+    cache_file: Path | None = None
     _cache: dict[str, tuple[FileKey, ParsedFile]] = field(default_factory=dict)
+    _last: Scan | None = None
+    _loaded: bool = False
 
     def scan(self) -> Scan:
         """Return the collection as it is on disk now, or raise PostsFolderError."""
         if not self.folder.is_dir():
             what = "is not a folder" if self.folder.exists() else "does not exist"
             raise PostsFolderError(f"{self.folder}: the posts folder {what}")
+        if not self._loaded:
+            self._loaded = True
+            if self.cache_file is not None:
+                self._cache = load_parse_cache(self.cache_file, self.folder, self.zone)
+        seen, parsed = self._walk()
+        if parsed == 0 and seen.keys() == self._cache.keys() and self._last is not None:
+            # Nothing changed: the same scan, already checked and sorted.
+            self._last.changed, self._last.parsed = False, 0
+            return self._last
+        self._cache = seen
+        if parsed and self.cache_file is not None:
+            save_parse_cache(self.cache_file, self.folder, self.zone, seen)
+        outcomes = [outcome for _, outcome in seen.values()]
+        posts, problems = check_unique(
+            [o.post for o in outcomes if o.post is not None], self.host
+        )
+        problems += [p for o in outcomes for p in o.problems]
+        self._last = Scan(posts, sorted(problems), changed=True, parsed=parsed, files=len(seen))
+        return self._last
+
+    def forget(self, paths: Iterable[Path]) -> None:
+        """Parse these files again at the next scan, whatever their size and mtime say
+        (they changed: a second write within one clock tick leaves both as they were)."""
+        for path in paths:
+            self._cache.pop(str(path), None)
+
+    def _walk(self) -> tuple[dict[str, tuple[FileKey, ParsedFile]], int]:
         seen: dict[str, tuple[FileKey, ParsedFile]] = {}
         parsed = 0
+        cache = self._cache
         try:
             for entry in iter_post_files(self.folder):
                 key = _file_key(entry)
-                cached = self._cache.get(entry.path)
+                cached = cache.get(entry.path)
                 if cached is not None and cached[0] == key:
                     seen[entry.path] = cached
                     continue
-                seen[entry.path] = (key, read_post_file(Path(entry.path), self.zone))
+                outcome = read_post_file(Path(entry.path), self.zone)
+                # The post's own version is what was read: a file written since the stat
+                # is parsed again next time rather than trusted under the older key.
+                version = outcome.post.version if outcome.post is not None else key
+                seen[entry.path] = (version, outcome)
                 parsed += 1
         except OSError as err:
             # A folder that cannot be listed would drop its posts from the feeds unseen.
             where = err.filename or self.folder
             raise PostsFolderError(
                 f"{where}: cannot read the posts folder: {err.strerror or err}") from err
-        changed = parsed > 0 or seen.keys() != self._cache.keys()
-        self._cache = seen
-        outcomes = [outcome for _, outcome in seen.values()]
-        posts, problems = check_unique(
-            [o.post for o in outcomes if o.post is not None], self.host
-        )
-        problems += [p for o in outcomes for p in o.problems]
-        return Scan(posts, sorted(problems), changed=changed, parsed=parsed, files=len(seen))
+        return seen, parsed
 
 
 def _file_key(entry: os.DirEntry[str]) -> FileKey:

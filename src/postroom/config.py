@@ -125,6 +125,8 @@ class PathSettings(Section):
     posts: LaxPath = Path("posts")
     output: LaxPath = Path("public")
     templates: LaxPath = Path("templates")
+    # What postroom keeps between runs to save work (the parsed posts); safe to delete.
+    cache: LaxPath = Path("var/cache")
 
 
 class FeedSettings(Section):
@@ -254,8 +256,13 @@ class WebSettings(Section):
 
 
 class DaemonSettings(Section):
-    # Seconds between rescans of the posts folder.
+    # Seconds between rescans of the posts folder (a safety net: changes are seen at once
+    # where the file system reports them, `watch`).
     scan_interval: float = Field(default=60.0, gt=0, strict=False)
+    # Watch the posts folder and rebuild within a second of a change.
+    watch: bool = True
+    # Seconds to wait after a change for the editor's next write before rebuilding.
+    watch_debounce: float = Field(default=0.3, ge=0.05, le=10, strict=False)
     # Seconds between passes over deliveries whose retry time has come.
     retry_interval: float = Field(default=60.0, gt=0, strict=False)
     # Seconds given to in-flight sends on SIGTERM before they are handed back to pending.
@@ -301,6 +308,10 @@ class Settings(Section):
     @property
     def feeds_url(self) -> str:
         return self.feeds.url or self.site.base_url
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path(self.paths.cache)
 
     @property
     def public_url(self) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ from feedgen.feed import FeedGenerator
 
 from postroom import __version__
 from postroom.config import FeedFormat, Settings
+from postroom.posts import tag_slug
 from postroom.render import RenderedPost
 
 GENERATOR_URI = "https://pypi.org/project/postroom/"
@@ -50,16 +49,6 @@ class FeedSpec:
     author_url: str | None
     full_content: bool
     stylesheet: str | None = None  # XSL shown by browsers that open the feed
-
-
-def tag_slug(tag: str) -> str:
-    """Given a tag, return the ASCII name of its feed file ('C++' → 'c', 'Rust' → 'rust')."""
-    ascii_tag = unicodedata.normalize("NFKD", tag).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_tag.lower()).strip("-")
-    if slug:
-        return slug
-    # A tag with no ASCII letters ('日本語') still needs a stable, safe file name.
-    return "tag-" + tag.encode("utf-8").hex()[:16]
 
 
 def plan_feeds(settings: Settings, tags: Sequence[str]) -> list[tuple[FeedSpec, str | None]]:

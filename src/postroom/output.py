@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # Lists the files postroom wrote, so a stale tag feed can be removed without ever touching
@@ -16,14 +16,36 @@ from pathlib import Path
 MANIFEST = ".postroom-manifest.json"
 
 
+def write_files(folder: Path, files: Mapping[str, bytes]) -> list[str]:
+    """Write each file (relative path → bytes) atomically unless it already holds those
+    bytes; return the names written. One folder fsync per folder, after every rename."""
+    written: list[str] = []
+    folders: set[Path] = set()
+    for name, data in sorted(files.items()):
+        path = folder / name
+        if _write_temp_and_rename(path, data):
+            written.append(name)
+            folders.add(path.parent)
+    for parent in sorted(folders):
+        _fsync_dir(parent)
+    return written
+
+
 def write_atomic(path: Path, data: bytes) -> bool:
     """Write bytes to path atomically unless the file already holds them; return if written.
 
     Temporary file in the same folder, flush, fsync, rename: a reader sees the old file or
     the new one, never half of one. Skipping identical bytes keeps mtime (Last-Modified) stable.
     """
+    if not _write_temp_and_rename(path, data):
+        return False
+    _fsync_dir(path.parent)
+    return True
+
+
+def _write_temp_and_rename(path: Path, data: bytes) -> bool:
     try:
-        if path.read_bytes() == data:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
             return False
     except FileNotFoundError:
         pass
@@ -39,8 +61,22 @@ def write_atomic(path: Path, data: bytes) -> bool:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
     return True
+
+
+def write_cache_file(path: Path, data: bytes) -> None:
+    """Replace a cache file atomically, without fsync: a cache lost in a crash costs only
+    time. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -13,13 +13,14 @@ import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, tzinfo
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 from frontmatter.default_handlers import YAMLHandler
 
-from postroom.errors import Problem
+from postroom.errors import PostroomError, Problem
 
 try:
     from yaml import CSafeLoader as _SafeLoader
@@ -61,21 +62,36 @@ class Author:
     email: str | None = None
 
 
+class PostChanged(PostroomError):
+    """A post's file changed (or went) between the scan and reading its body: rescan."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
 @dataclass(frozen=True)
 class Post:
-    """One valid post, as written; rendering happens later and only when needed."""
+    """One valid post, as written; rendering happens later and only when needed.
+
+    A scan keeps no bodies (most posts reach no feed): `read_body` reads the file again,
+    from `body_offset`, and checks it is still the `version` (size, mtime ns) that was parsed.
+    """
 
     path: Path
     slug: str
     title: str
     published: datetime
     updated: datetime
-    body: str
     summary: str | None = None
     tags: tuple[str, ...] = ()
     draft: bool = False
     pinned_id: str | None = None
     author: Author | None = None
+    version: tuple[int, int] = (-1, -1)
+    body_offset: int = 0
+    # Only when parsed from bytes with keep_body (tests, previews): never compared.
+    body: str | None = field(default=None, compare=False, repr=False)
 
     def is_published(self, now: datetime) -> bool:
         """Given the current time, return whether the post is public (not a draft, not future)."""
@@ -91,6 +107,30 @@ class Post:
             return self.pinned_id
         return f"tag:{host},{self.published:%Y-%m-%d}:/posts/{self.slug}"
 
+    @cached_property
+    def tag_slugs(self) -> tuple[str, ...]:
+        """The file names of the post's tag feeds, in the post's tag order."""
+        return tuple(dict.fromkeys(tag_slug(t) for t in self.tags))
+
+    def read_body(self) -> str:
+        """Return the post's Markdown body; raise PostChanged if the file is not the
+        version that was parsed."""
+        if self.body is not None:
+            return self.body
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as err:
+            raise PostChanged(self.path, f"cannot be read: {err.strerror or err}") from err
+        try:
+            stat = os.fstat(fd)
+            if (stat.st_size, stat.st_mtime_ns) != self.version:
+                raise PostChanged(self.path, "changed while the feeds were built")
+            os.lseek(fd, self.body_offset, os.SEEK_SET)
+            data = _read_all(fd, stat.st_size - self.body_offset)
+        finally:
+            os.close(fd)
+        return data.decode("utf-8")
+
 
 @dataclass
 class ParsedFile:
@@ -103,6 +143,17 @@ class ParsedFile:
 def clean_text(text: str) -> str:
     """Given text for a title or summary, return it on one line without control characters."""
     return " ".join(UNPRINTABLE.sub("", text).split())
+
+
+@lru_cache(maxsize=4096)
+def tag_slug(tag: str) -> str:
+    """Given a tag, return the ASCII name of its feed file ('C++' → 'c', 'Rust' → 'rust')."""
+    ascii_tag = unicodedata.normalize("NFKD", tag).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_tag.lower()).strip("-")
+    if slug:
+        return slug
+    # A tag with no ASCII letters ('日本語') still needs a stable, safe file name.
+    return "tag-" + tag.encode("utf-8").hex()[:16]
 
 
 def slug_from_filename(path: Path) -> str:
@@ -134,16 +185,40 @@ def iter_post_files(folder: Path) -> Iterator[os.DirEntry[str]]:
 
 
 def read_post_file(path: Path, zone: tzinfo) -> ParsedFile:
-    """Given a post file, return the parsed post or the problems in it."""
+    """Given a post file, return the parsed post (without its body) or the problems in it."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)
     except OSError as err:
         return _fail(path, 1, f"cannot be read: {err.strerror or err}")
-    return parse_post(path, raw, zone)
+    try:
+        stat = os.fstat(fd)
+        raw = _read_all(fd, stat.st_size)
+    except OSError as err:
+        return _fail(path, 1, f"cannot be read: {err.strerror or err}")
+    finally:
+        os.close(fd)
+    return parse_post(path, raw, zone, version=(stat.st_size, stat.st_mtime_ns),
+                      keep_body=False)
 
 
-def parse_post(path: Path, raw: bytes, zone: tzinfo) -> ParsedFile:
-    """Given a file's path and bytes, return the parsed post or its problems."""
+def _read_all(fd: int, size: int) -> bytes:
+    # One read for the common case; a file that grew since fstat is read to its end.
+    data = os.read(fd, size + 1)
+    if len(data) <= size:
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_post(path: Path, raw: bytes, zone: tzinfo, *, version: tuple[int, int] = (-1, -1),
+               keep_body: bool = True) -> ParsedFile:
+    """Given a file's path and bytes, return the parsed post or its problems.
+
+    `version` is the file's (size, mtime ns) the bytes were read at; `keep_body` keeps the
+    body in the post (else `Post.read_body` reads it from the file when it is needed).
+    """
     # Decode after the BOM, so the error's offset indexes the same bytes it is counted in.
     data = raw.removeprefix(codecs.BOM_UTF8)
     try:
@@ -176,7 +251,10 @@ def parse_post(path: Path, raw: bytes, zone: tzinfo) -> ParsedFile:
         kind = type(meta).__name__
         message = f"front matter must be a mapping of keys to values, not a {kind}"
         return _fail(path, first_line + 1, message)
-    return _FrontMatter(path, front, meta, zone, first_line).to_post(body)
+    # The body is the file's tail: its offset in bytes is what its UTF-8 leaves of the file.
+    offset = len(raw) - len(body.encode("utf-8"))
+    return _FrontMatter(path, front, meta, zone, first_line).to_post(
+        body if keep_body else None, version, offset)
 
 
 def _fail(path: Path, line: int, message: str) -> ParsedFile:
@@ -204,7 +282,7 @@ class _FrontMatter:
     def problem(self, key: str, message: str) -> None:
         self.problems.append(Problem(self.path, self.line_of(key), message))
 
-    def to_post(self, body: str) -> ParsedFile:
+    def to_post(self, body: str | None, version: tuple[int, int], offset: int) -> ParsedFile:
         title = self.text("title", required=True)
         published = self.when("date", required=True)
         updated = self.when("updated", required=False)
@@ -223,12 +301,14 @@ class _FrontMatter:
                 title=title,
                 published=published,
                 updated=max(updated, published) if updated else published,
-                body=body,
                 summary=summary,
                 tags=tags,
                 draft=draft,
                 pinned_id=pinned_id,
                 author=author,
+                version=version,
+                body_offset=offset,
+                body=body,
             )
         )
 

@@ -88,17 +88,21 @@ class Renderer:
         return cut_at_word(text, limit)
 
     def render(self, settings: Settings, post: Post) -> RenderedPost:
-        """Given a post, return it with its URL, entry ID, HTML and summary resolved."""
+        """Given a post, return it with its URL, entry ID, HTML and summary resolved.
+
+        Raises PostChanged if the post's file changed since it was scanned.
+        """
         url = post_url(settings, post)
         limit = settings.feeds.summary_length
+        body = post.read_body()
         return RenderedPost(
             entry_id=post.entry_id(settings.site.host),
             url=url,
             title=post.title,
             published=post.published,
             updated=post.updated,
-            summary=post.summary or self.summary_of(post.body, limit),
-            content_html=self.to_html(post.body, url),
+            summary=post.summary or self.summary_of(body, limit),
+            content_html=self.to_html(body, url),
             tags=post.tags,
             author=post.author,
         )
