@@ -49,17 +49,22 @@ def memory() -> str:
 
 
 def postroom_version(postroom: list[str]) -> str:
-    """The version, and where the package comes from: this checkout (which commit) or not."""
+    """The version, and where the package comes from: which checkout and commit, if any."""
     version = command_output([*postroom, "--version"]) or "unknown version"
     package = Path(command_output([sys.executable, "-c",
                                    "import postroom; print(postroom.__file__)"])
                    or ".").resolve().parent
     source = HERE.parent / "src" / "postroom"
-    if package != source:
+    # Another checkout (PYTHONPATH=/elsewhere/src, e.g. to measure a given commit) is named.
+    checkout = str(HERE) if package == source else command_output(
+        ["git", "-C", str(package), "rev-parse", "--show-toplevel"])
+    if not checkout:
         return f"{version}, from {package}"
-    commit = command_output(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = command_output(["git", "-C", str(HERE), "status", "--porcelain", "--", str(source)])
-    return f"{version}, commit {commit}" + (" + uncommitted changes in src/" if dirty else "")
+    commit = command_output(["git", "-C", checkout, "rev-parse", "--short", "HEAD"]) or "unknown"
+    dirty = command_output(["git", "-C", checkout, "status", "--porcelain", "--", str(package)])
+    where = "" if package == source else f" (checkout {checkout})"
+    return (f"{version}, commit {commit}{where}"
+            + (" + uncommitted changes in src/" if dirty else ""))
 
 
 def command_output(argv: list[str]) -> str:
