@@ -162,6 +162,17 @@ def test_init_refuses_a_folder_that_is_not_empty(run: Run, tmp_path: Path) -> No
     assert sorted(p.name for p in folder.iterdir()) == ["mine.txt"]
 
 
+def test_an_output_folder_that_cannot_be_written_exits_2_naming_it(site: Site, run: Run) -> None:
+    # An OSError once reached the user as a traceback with exit 1 (the handler for database
+    # errors re-raised it before the one for OSError could see it).
+    good_site(site)
+    site.output.write_text("a file where the output folder should be\n")
+    result = run("build", "--config", str(site.config_path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"postroom: {site.output}: cannot write the feeds")
+    assert site.output.read_text() == "a file where the output folder should be\n"
+
+
 def test_broken_config_exits_2_naming_the_file(site: Site, run: Run) -> None:
     site.config_path.write_text(
         site.config_path.read_text().replace('timezone = "Europe/Berlin"', 'timezone = "Nowhere"')

@@ -3,7 +3,9 @@ server (aiosmtpd), a real SQLite file and real signals."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import signal
 import time
@@ -18,7 +20,7 @@ import pytest
 
 from daemonproc import DaemonSite, PostroomProcess
 from mailserver import Fault, MailServer, Received, header_urls
-from postroom.daemon import LAST_DIGEST_KEY
+from postroom.daemon import LAST_DIGEST_KEY, Daemon
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 MakeSite = Callable[..., DaemonSite]
@@ -538,3 +540,34 @@ def test_a_post_problem_is_logged_once_not_on_every_scan(make_site: MakeSite) ->
     daemon.wait_for_pass("build")  # at least two more scans that saw the same problem
     assert daemon.stop() == 0
     assert len(re.findall(r"post problem: \S*2025-01-01-broken\.md", daemon.log())) == 1
+
+
+def test_feeds_that_cannot_be_written_are_said_once_and_rebuilt_once_they_can(
+        make_site: MakeSite, caplog: pytest.LogCaptureFixture) -> None:
+    # An OSError from the build (a full disk, a file where the output folder should be) was
+    # logged with its traceback on every scan. In process: each rebuild is one scan.
+    site = make_site()
+    site.write_post("one", "One", utc_now() - timedelta(hours=1))
+    output = site.root / "public"
+    output.write_text("a file where the output folder should be\n")
+    caplog.set_level(logging.INFO, logger="postroom")
+
+    async def scans() -> None:
+        daemon = Daemon(site.settings(), site.config)
+        try:
+            for _ in range(3):
+                await daemon.rebuild()
+            output.unlink()
+            await daemon.rebuild()
+        finally:
+            daemon.builder_thread.shutdown()
+
+    asyncio.run(scans())
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("postroom")]
+    failures = [m for m in said if m.startswith("feeds not rebuilt: ")]
+    assert failures == [f"feeds not rebuilt: {output}: cannot write the feeds: File exists; "
+                        "every feed file there is whole (the old one or the new one), and the "
+                        "next build finishes the job"], said
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
+    assert any(m.startswith("feeds rebuilt again after: ") for m in said), said
+    assert (output / "feed.atom").is_file()

@@ -9,7 +9,6 @@ what is pending and when it is next tried is printed).
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import json
 import os
@@ -25,7 +24,13 @@ import click
 
 from postroom import __version__
 from postroom.config import CONFIG_ENV, Settings, find_config, load_settings
-from postroom.errors import PostroomError, Problem, SubscriberError
+from postroom.errors import (
+    STORAGE_ERRNOS,
+    OutputError,
+    PostroomError,
+    Problem,
+    SubscriberError,
+)
 from postroom.logs import setup_logging
 
 # The rest is imported by the commands that use it: `build` and `check` must not pay for
@@ -84,6 +89,12 @@ def common_options(command: F) -> F:
             return command(Context(config, verbosity, debug), **kwargs)
         except PostroomError as err:
             _fail(str(err), err.exit_code, err if debug else None)
+        except OSError as err:  # before Exception, which would re-raise it as a traceback
+            where = f"{err.filename}: " if err.filename else ""
+            # A full or failing disk is the machine's state; a folder that cannot be
+            # written is the user's to fix.
+            code = EXIT_UNAVAILABLE if err.errno in STORAGE_ERRNOS else EXIT_ERROR
+            _fail(f"{where}{err.strerror or err}", code, err if debug else None)
         except Exception as err:
             if not _is_database_error(err):
                 raise
@@ -91,13 +102,6 @@ def common_options(command: F) -> F:
             cause = getattr(err, "orig", None) or err
             _fail(f"database error: {cause}; nothing was lost, run the command again later",
                   EXIT_UNAVAILABLE, err if debug else None)
-        except OSError as err:
-            where = f"{err.filename}: " if err.filename else ""
-            # A full or failing disk is the machine's state; a folder that cannot be
-            # written is the user's to fix.
-            code = EXIT_UNAVAILABLE if err.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) \
-                else EXIT_ERROR
-            _fail(f"{where}{err.strerror or err}", code, err if debug else None)
 
     return wrapper  # type: ignore[return-value]
 
@@ -151,12 +155,16 @@ def build(ctx: Context, allow_empty: bool) -> None:
     """Scan the posts and write the feeds that changed.
 
     A missing posts folder, or an empty one where the last build had posts, is an error
-    (exit 2) that leaves the feeds as they were.
+    (exit 2) that leaves the feeds as they were; so is an output folder that cannot be
+    written (exit 3 when the disk is full or failing: each feed file stays whole).
     """
     from postroom.build import SiteBuilder
 
     settings = ctx.settings()
-    report = SiteBuilder(settings).build(datetime.now(UTC), allow_empty=allow_empty)
+    try:
+        report = SiteBuilder(settings).build(datetime.now(UTC), allow_empty=allow_empty)
+    except OSError as err:  # a full disk, say: exit 3, naming the folder
+        raise OutputError.of(settings.output_dir, err) from err
     print_problems(report.problems)
     ctx.say(_summary(report, settings))
     if ctx.verbosity > 0:

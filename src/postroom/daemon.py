@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from postroom import optin, outbox
 from postroom.build import BuildReport, SiteBuilder
 from postroom.config import Settings, load_settings
-from postroom.errors import PostroomError
+from postroom.errors import OutputError, PostroomError
 from postroom.looplag import LoopLagProbe
 from postroom.newsletter import create_digest, open_database, send_outbox
 from postroom.schedule import missed_slot, parse_schedule
@@ -142,8 +142,11 @@ class Daemon:
         try:
             report, upcoming = await self._in_builder_thread(self._build_blocking,
                                                              self.builder, now)
-        except PostroomError as err:
-            # The feeds on disk are kept as they were; say it once, not on every scan.
+        except (PostroomError, OSError) as err:
+            # The feeds on disk are kept as they were (each file whole, also on a full
+            # disk); say it once, not on every scan.
+            if isinstance(err, OSError):
+                err = OutputError.of(self.settings.output_dir, err)
             if str(err) != self.build_error:
                 log.error("feeds not rebuilt: %s", err)
             self.build_error = str(err)

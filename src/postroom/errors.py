@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
+
+# A disk that is full, over quota, failing or mounted read-only: the machine's state, which
+# passes (exit 3, try again later). Any other refusal (no permission, a file where a folder
+# should be) is the user's to fix (exit 2).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 class PostroomError(Exception):
@@ -42,6 +48,29 @@ class StorageUnavailable(StoreError, Unavailable):
 
 class MailUnavailable(Unavailable):
     """The mail server could not take the messages now."""
+
+
+class OutputError(PostroomError):
+    """The feeds could not be written into the output folder."""
+
+    @classmethod
+    def of(cls, folder: Path, err: OSError) -> OutputError:
+        """Given the output folder and the OSError a write met, return the error to raise:
+        OutputUnavailable when the disk is full or failing, else OutputError."""
+        kind = OutputUnavailable if err.errno in STORAGE_ERRNOS else OutputError
+        # A temporary file's name changes every time: naming it would make the daemon say
+        # the same failure again on every scan.
+        named = Path(err.filename) if isinstance(err.filename, str) else folder
+        where = "" if named == folder or named.name.endswith(".tmp") else f" ({named})"
+        return kind(f"{folder}: cannot write the feeds{where}: {err.strerror or err}; every "
+                    "feed file there is whole (the old one or the new one), and the next "
+                    "build finishes the job")
+
+
+class OutputUnavailable(OutputError, Unavailable):
+    """The disk refused the feeds (full, over quota, failing, read-only): try again later."""
+
+    exit_code = 3
 
 
 class SubscriberError(PostroomError):
