@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from postroom.sender import SendStats
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2, 3
-# A send from the command line waits this long for an unavailable database, then says so.
-DATABASE_OUTAGE_LIMIT = 120.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -476,8 +474,9 @@ def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
     async def send(on_finish: Callable[[SendStats], None]) -> SendStats:
         probing = asyncio.create_task(probe.run()) if probe else None
         try:
+            # From the command line, an unavailable database is waited for, then reported.
             return await send_outbox(settings, engine, _now, on_finish=on_finish,
-                                     give_up_after=DATABASE_OUTAGE_LIMIT)
+                                     give_up_after=settings.database.give_up_after)
         finally:
             if probing:
                 probing.cancel()

@@ -153,6 +153,9 @@ class DatabaseSettings(Section):
     url: str = "sqlite:///var/postroom.db"
     # SQLite: how long a writer waits for another one before giving up (milliseconds).
     busy_timeout_ms: int = Field(default=10_000, ge=0)
+    # `digest send` and `digest retry` keep retrying a database that is locked, full or
+    # read-only this many seconds, then exit 3 (nothing is lost); the daemon never gives up.
+    give_up_after: float = Field(default=120.0, gt=0, allow_inf_nan=False, strict=False)
 
 
 class DigestSettings(Section):
