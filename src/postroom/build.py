@@ -98,12 +98,14 @@ class SiteBuilder:
     """Keeps the scan cache, rendered posts and feed bytes between builds (the daemon
     rebuilds often). Not thread-safe: one owner (the daemon's builder thread, or the CLI)."""
 
-    def __init__(self, settings: Settings, *, use_cache: bool = True) -> None:
+    def __init__(self, settings: Settings, *, use_cache: bool = True,
+                 save_cache_every: float = 0.0) -> None:
         self.settings = settings
         site = settings.site
         cache = settings.cache_dir
         self.collection = PostCollection(settings.posts_dir, site.zone, site.host,
-                                         cache / "posts.json" if use_cache else None)
+                                         cache / "posts.json" if use_cache else None,
+                                         save_every=save_cache_every)
         self.state_file = cache / "feeds.json" if use_cache else None
         self.last_scan: Scan | None = None
         self._renderer: Renderer | None = None

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ URI_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # Characters XML 1.0 cannot carry, plus C1 controls; a title is one line of text.
 UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _YAML = YAMLHandler()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class _FrontMatterLoader(_SafeLoader):
@@ -105,7 +107,20 @@ class Post:
         """
         if self.pinned_id:
             return self.pinned_id
-        return f"tag:{host},{self.published:%Y-%m-%d}:/posts/{self.slug}"
+        return f"tag:{host},{self._id_tail}"
+
+    @cached_property
+    def _id_tail(self) -> str:
+        return f"{self.published:%Y-%m-%d}:/posts/{self.slug}"
+
+    @cached_property
+    def instant(self) -> int:
+        """The publication instant in microseconds since 1970 (UTC): a cheap sort key.
+
+        Comparing aware datetimes asks each one's time zone for its offset every time;
+        a post is compared many times per scan and parsed once.
+        """
+        return (self.published - _EPOCH) // _MICROSECOND
 
     @cached_property
     def tag_slugs(self) -> tuple[str, ...]:
@@ -167,7 +182,9 @@ def is_post_file(name: str) -> bool:
     """Given a file name, return whether it is a post (not hidden, not an editor's temp file)."""
     if name.startswith((".", "#", "~")) or name.endswith(("~", "#")):
         return False
-    return os.path.splitext(name)[1].lower() in MARKDOWN_SUFFIXES
+    # The suffix by hand (what os.path.splitext gives): this runs per file on every rescan.
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in MARKDOWN_SUFFIXES
 
 
 def iter_post_files(folder: Path) -> Iterator[os.DirEntry[str]]:
