@@ -227,6 +227,26 @@ def test_a_post_dated_in_the_future_is_published_at_its_date(make_site: MakeSite
     assert daemon.stop() == 0
 
 
+def test_an_edited_post_is_live_within_the_watch_debounce(make_site: MakeSite) -> None:
+    # Rescans are an hour apart: only the posts folder's watcher can see the edit in time.
+    site = make_site(daemon={"scan_interval": 3600.0, "watch_debounce": 0.2})
+    site.write_post("first", "First title", utc_now() - timedelta(hours=1))
+    daemon = site.start("run")
+    daemon.wait_healthy()
+    with httpx.Client(base_url=site.base_url, timeout=10) as client:
+        assert wait_until(lambda: feed_titles(client) == ["First title"], timeout=10)
+        etag = client.get("/feed.atom").headers["etag"]
+        # An editor that writes twice in a row (truncate, then the new text).
+        site.write_post("first", "", utc_now() - timedelta(hours=1))
+        site.write_post("first", "Edited title", utc_now() - timedelta(hours=1))
+        site.write_post("second", "A new post", utc_now() - timedelta(minutes=1))
+        assert wait_until(lambda: feed_titles(client) == ["A new post", "Edited title"],
+                          timeout=10)
+        assert client.get("/feed.atom").headers["etag"] != etag
+    assert daemon.wait_for_log("feeds rebuilt")
+    assert daemon.stop() == 0
+
+
 def test_deliveries_refused_for_now_are_retried_by_the_daemon(
         make_site: MakeSite, sink: MailServer) -> None:
     now = utc_now()

@@ -27,12 +27,14 @@ from postroom.sender import SenderHealth
 from postroom.store import daemon_lock, get_meta, secret_key, set_meta
 from postroom.templates import template_environment
 from postroom.transport import make_transport
+from postroom.watch import watch_folder
 from postroom.web import create_app
 from postroom.web.server import server_config
 from postroom.web.state import Health, WebState
 
 log = logging.getLogger(__name__)
 LAST_DIGEST_KEY = "digest_last_run"
+CACHE_SAVE_SECONDS = 300.0
 T = TypeVar("T")
 
 
@@ -51,15 +53,16 @@ class QuietServer(uvicorn.Server):
         return None
 
 
-class SendRunner:
-    """Runs one send at a time on the loop; asked again while sending, it sends once more.
+class Rerunner:
+    """Runs one action at a time on the loop; asked again while running, runs once more.
 
-    Owned by the loop. The scheduled job, the web app's "mail was queued" and the digest
-    job all come here, so two sends never overlap inside one daemon.
+    Owned by the loop. Sends: the scheduled job, the web app's "mail was queued" and the
+    digest job all come here, so two sends never overlap inside one daemon. Rebuilds: the
+    scan interval, a post coming due and the posts folder's watcher.
     """
 
-    def __init__(self, send: Callable[[], Awaitable[None]]) -> None:
-        self.send = send
+    def __init__(self, send: Callable[[], Awaitable[None]], name: str = "send") -> None:
+        self.send, self.name = send, name
         self.task: asyncio.Task[None] | None = None
         self.again = False
         self.closed = False
@@ -70,7 +73,7 @@ class SendRunner:
         if self.task is not None and not self.task.done():
             self.again = True
             return
-        self.task = asyncio.create_task(self._run(), name="send")
+        self.task = asyncio.create_task(self._run(), name=self.name)
 
     async def run_now(self) -> None:
         """Kick, then wait for the send (and any re-run it asked for) to finish."""
@@ -84,7 +87,7 @@ class SendRunner:
             try:
                 await self.send()
             except Exception:
-                log.exception("the send failed")
+                log.exception("the %s failed", self.name)
             if not self.again or self.closed:
                 return
 
@@ -104,7 +107,10 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.scheduler: AsyncIOScheduler | None = None
         self.builder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-builder")
-        self.sends = SendRunner(self._send)
+        self.sends = Rerunner(self._send, "send")
+        self.rebuilds = Rerunner(self._rebuild, "rebuild")
+        self.changed_posts: set[Path] = set()  # told by the watcher, for the next rebuild
+        self.watch_stop = asyncio.Event()  # set to stop (or, on reload, restart) watching
         self.jobs: set[asyncio.Task[Any]] = set()
         self.spawned: set[asyncio.Task[None]] = set()
         self.build_error: str | None = None  # the last rebuild's error, logged once
@@ -118,7 +124,8 @@ class Daemon:
         """Build the parts that depend on the settings (at start, and on SIGHUP)."""
         trigger = parse_schedule(settings.digest.schedule, settings.site.zone)
         templates = template_environment(settings.templates_dir)
-        builder = SiteBuilder(settings)
+        # The parse cache is written now and then (and at exit), not on every edit.
+        builder = SiteBuilder(settings, save_cache_every=CACHE_SAVE_SECONDS)
         web = WebState.create(settings, engine, templates, secret_key(engine),
                               make_transport(settings), self.health)
         return settings, engine, trigger, builder, web
@@ -138,10 +145,14 @@ class Daemon:
 
     async def rebuild(self) -> None:
         """Rescan the posts; rebuild the feeds if anything changed or a post came due."""
+        await self.rebuilds.run_now()
+
+    async def _rebuild(self) -> None:
         now = self.clock()
+        changed, self.changed_posts = self.changed_posts, set()
         try:
             report, upcoming = await self._in_builder_thread(self._build_blocking,
-                                                             self.builder, now)
+                                                             self.builder, now, changed)
         except (PostroomError, OSError) as err:
             # The feeds on disk are kept as they were (each file whole, also on a full
             # disk); say it once, not on every scan.
@@ -169,7 +180,10 @@ class Daemon:
                                    id="publish", replace_existing=True)
 
     @staticmethod
-    def _build_blocking(builder: SiteBuilder, now: datetime) -> tuple[BuildReport, datetime | None]:
+    def _build_blocking(builder: SiteBuilder, now: datetime, changed: set[Path]
+                        ) -> tuple[BuildReport, datetime | None]:
+        # Parse what the watcher saw change, even where size and mtime look the same.
+        builder.collection.forget(changed)
         report = builder.build(now)
         scan = builder.last_scan
         upcoming = [p.published for p in (scan.posts if scan else [])
@@ -243,6 +257,32 @@ class Daemon:
                 return False
         return missed_slot(self.trigger, datetime.fromisoformat(value), now)
 
+    async def watch_posts(self) -> None:
+        """Rebuild soon after the posts folder changes; where it cannot be watched, say so
+        once and try again after a scan interval (the periodic scan still runs)."""
+        failure: str | None = None
+        while not self.stopping.is_set():
+            settings, stop = self.settings, self.watch_stop
+            try:
+                await watch_folder(settings.posts_dir, self._posts_changed,
+                                   quiet_seconds=settings.daemon.watch_debounce, stop=stop)
+            except Exception as err:  # whatever the platform says: the scan is the fallback
+                if str(err) != failure:
+                    log.warning("not watching %s (%s): changes are seen at the next scan, "
+                                "every %.0f s", settings.posts_dir, err,
+                                settings.daemon.scan_interval)
+                failure = str(err)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), settings.daemon.scan_interval)
+            else:
+                failure = None
+            if stop.is_set() and not self.stopping.is_set():
+                self.watch_stop = asyncio.Event()  # a reload: watch the (new) folder
+
+    def _posts_changed(self, paths: set[Path]) -> None:
+        self.changed_posts |= paths
+        self.rebuilds.kick()
+
     async def run_once(self) -> None:
         """Do one pass of everything due, then return (for cron)."""
         # The daemon's lock too: a cron pass next to a running daemon must not make a
@@ -264,16 +304,22 @@ class Daemon:
             overdue = await asyncio.to_thread(self._digest_is_overdue_blocking)
             server = self._server()
             serving = asyncio.create_task(server.serve(), name="web")
+            watching = asyncio.create_task(self.watch_posts(), name="watch") \
+                if self.settings.daemon.watch else None
             self._say_where()
             if overdue:
                 log.info("a digest was due while postroom was stopped: running it now")
                 self._spawn(self._job(self.digest)(), "overdue-digest")
             await self.stopping.wait()
+            self.watch_stop.set()
             await self._stop_jobs()
             server.should_exit = True
             await serving
+            if watching:
+                await watching
             if probing:
                 probing.cancel()
+            await self._in_builder_thread(self.builder.collection.save)
         self.builder_thread.shutdown()
         log.info("stopped")
 
@@ -293,10 +339,11 @@ class Daemon:
         log.info("stopping: no new work; in-flight sends have %.0f s", grace)
         assert self.scheduler is not None
         self.scheduler.pause()
-        self.sends.closed = True
+        self.sends.closed = self.rebuilds.closed = True
         running = set(self.jobs)
-        if self.sends.task is not None and not self.sends.task.done():
-            running.add(self.sends.task)
+        for runner in (self.sends, self.rebuilds):
+            if runner.task is not None and not runner.task.done():
+                running.add(runner.task)
         if running:
             _done, late = await asyncio.wait(running, timeout=grace)
             if late:
@@ -348,6 +395,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", err)
             return
         self._apply(*parts)
+        self.watch_stop.set()  # the watcher starts again on the new posts folder
         assert self.scheduler is not None
         self.scheduler.reschedule_job("digest", trigger=self.trigger)
         # The running app reads its state per request, so swapping it is enough.
@@ -376,14 +424,14 @@ def run(settings: Settings, config_path: Path | None, once: bool) -> None:
 
 
 
-def send_queued_mail(state: WebState, stopping: asyncio.Event) -> SendRunner:
+def send_queued_mail(state: WebState, stopping: asyncio.Event) -> Rerunner:
     """Wire a web app without a daemon so the mail its pages queue is sent at once."""
 
     async def send() -> None:
         await send_outbox(state.settings, state.engine, utc_now, wait_for_retries=0.0,
                           stopping=stopping, transport=state.transport)
 
-    sends = SendRunner(send)
+    sends = Rerunner(send, "send")
     state.outbox_ready = sends.kick
     return sends
 
