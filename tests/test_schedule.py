@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from postroom.errors import ConfigError
-from postroom.schedule import missed_slot, parse_schedule
+from postroom.schedule import check_schedule, missed_slot, parse_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # A Thursday: 13:00 in Berlin.
@@ -148,3 +149,21 @@ def test_missed_slots_follow_the_sites_zone() -> None:
     berlin_nine = parse_schedule("daily 09:00", BERLIN)
     assert missed_slot(berlin_nine, SLOT - timedelta(hours=2), SLOT - timedelta(minutes=30))
     assert not missed_slot(berlin_nine, SLOT - timedelta(minutes=30), SLOT)
+
+
+@pytest.mark.parametrize("text", [
+    "mon 09:00", "daily 07:30", "mon,thu 18:30", "MON 9:05", "sun 23:59", "mon 24:00",
+    "mon 09:60", "funday 09:00", "mon-fri 08:00", "fri-mon 08:00", "mon,,tue 08:00",
+    "daily 7:3", "0 9 * * mon", "*/5 * * * * *", "61 * * * *", "",
+])
+def test_the_config_check_refuses_exactly_what_the_scheduler_refuses(text: str) -> None:
+    # check_schedule decides the short forms without APScheduler: it must agree with it.
+    def refused(check: Callable[[], object]) -> bool:
+        try:
+            check()
+        except ConfigError:
+            return True
+        return False
+
+    assert refused(lambda: check_schedule(text)) == refused(
+        lambda: parse_schedule(text, ZoneInfo("UTC")))

@@ -8,7 +8,6 @@ what is pending and when it is next tried is printed).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -415,6 +414,8 @@ def digest_send(ctx: Context, dry_run: bool, address: str | None, as_json: bool,
         if not plan.posts:
             ctx.say("nothing new: no digest would be created")
         elif address:
+            import asyncio
+
             asyncio.run(send_test(settings, engine, plan, address, _now()))
             ctx.say(f"sent a test digest with {len(plan.posts)} post(s) to {address}")
         else:
@@ -465,6 +466,8 @@ def _send_exit_code(engine: Any, stats: SendStats) -> int:
 
 def _send_with_progress(settings: Settings, engine: Any, ctx: Context,
                         probe: LoopLagProbe | None = None) -> SendStats:
+    import asyncio
+
     from postroom import outbox
     from postroom.newsletter import send_outbox
     from postroom.progress import send_progress

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
-
 from postroom.errors import ConfigError
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SHORT_FORM = re.compile(r"^(?P<days>daily|[a-z,\-]+)\s+(?P<hour>\d{1,2}):(?P<minute>\d{2})$")
@@ -18,8 +20,24 @@ CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 NUMERIC_DAYS = re.compile(r"^(?P<first>\d|\*)(?:-(?P<last>\d))?(?:/(?P<step>\d+))?$")
 
 
+def check_schedule(text: str) -> None:
+    """Raise ConfigError unless digest.schedule parses (what the config loader asks).
+
+    The common short forms ("mon 09:00", "mon,thu 18:30", "daily 07:30") are checked here;
+    anything else by building its trigger (APScheduler is imported only then: every command
+    loads the config, few of them schedule anything).
+    """
+    match = SHORT_FORM.match(text.strip().lower())
+    if match and int(match["hour"]) < 24 and int(match["minute"]) < 60 and (
+            match["days"] == "daily" or all(d in DAYS for d in match["days"].split(","))):
+        return
+    parse_schedule(text, ZoneInfo("UTC"))
+
+
 def parse_schedule(text: str, zone: ZoneInfo) -> CronTrigger:
     """Given digest.schedule, return its trigger in the site's zone, or raise ConfigError."""
+    from apscheduler.triggers.cron import CronTrigger
+
     spec = text.strip().lower()
     match = SHORT_FORM.match(spec)
     try:

@@ -1,0 +1,132 @@
+"""Work that follows change: the parse cache, per-feed input keys, and parsing on every core
+must never change a byte of what is built."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from postroom import collection
+from postroom.build import SiteBuilder
+from postroom.collection import parse_files
+from postroom.posts import PostChanged, read_post_file
+from sites import NOW, Site, run_postroom
+
+BERLIN = ZoneInfo("Europe/Berlin")
+LONG_AGO_NS = 1_600_000_000 * 10**9  # 2020: older than the parse cache's racy window
+
+
+def blog(site: Site, count: int = 30) -> Site:
+    """Posts with tags, same-day pairs, naive and zoned dates, drafts and a future post,
+    written "long ago" (so the parse cache may keep them)."""
+    site.configure(site={"timezone": "Europe/Berlin"}, feeds={"entries": 5})
+    for n in range(count):
+        front = {"title": f"Post {n} & <co>", "tags": ["even" if n % 2 else "odd", f"t{n % 3}"]}
+        if n % 4 == 0:
+            front["date"] = date(2025, 1, 1) + timedelta(days=n // 2)
+        else:
+            front["date"] = f"2025-01-{1 + n // 2:02d} {n % 24:02d}:30:00+05:00"
+        front["draft"] = n == 7
+        site.write_post(f"p{n:02}.md", f"Body of **{n}**, [a link](x{n}/).\n\n[^1]\n\n[^1]: N.\n",
+                        **front)
+    site.write_post("future.md", "Later.\n", title="Future", date=date(2031, 1, 1))
+    for path in site.posts.iterdir():
+        os.utime(path, ns=(LONG_AGO_NS, LONG_AGO_NS))
+    return site
+
+
+def output_bytes(site: Site) -> dict[str, bytes]:
+    return {name: site.feed(name) for name in site.output_files()}
+
+
+def test_a_cached_build_gives_byte_identical_feeds_to_a_cold_build(
+        make_site: Callable[..., Site]) -> None:
+    cold = blog(make_site("cold"))
+    SiteBuilder(cold.settings(), use_cache=False).build(NOW)
+    warm = blog(make_site("warm"))
+    first = warm.build(NOW)  # writes the caches
+    assert (warm.root / "var" / "cache" / "posts.json").exists()
+    shutil.rmtree(warm.output)
+    second = warm.build(NOW)  # every post from the parse cache, every feed rendered again
+    assert (first.parsed, second.parsed) == (31, 0)
+    assert output_bytes(warm) == output_bytes(cold)
+    third = warm.build(NOW)  # nothing changed: nothing parsed, rendered or written
+    assert (third.parsed, third.rendered, third.written) == (0, 0, [])
+    assert output_bytes(warm) == output_bytes(cold)
+    assert {name: third.feeds[name] for name in third.feeds} == {
+        name: data for name, data in output_bytes(cold).items() if name in third.feeds}
+
+
+def test_the_cli_build_with_nothing_changed_parses_and_renders_nothing(site: Site) -> None:
+    blog(site)
+    assert run_postroom("build", cwd=site.root).returncode == 0
+    before = output_bytes(site)
+    again = run_postroom("build", "-v", cwd=site.root)
+    assert again.returncode == 0, again.stderr
+    assert "0 written" in again.stdout
+    assert output_bytes(site) == before
+
+
+def test_an_edit_renders_only_the_feeds_that_show_the_post(site: Site) -> None:
+    blog(site)
+    builder = SiteBuilder(site.settings())
+    builder.build(NOW)
+    # The oldest post is in no feed (5 entries each): editing it renders nothing.
+    site.write_post("p00.md", "Edited.\n", title="Post 0, edited", date=date(2025, 1, 1),
+                    tags=["odd", "t0"])
+    report = builder.build(NOW)
+    assert (report.parsed, report.rendered, report.written) == (1, 0, [])
+    # The newest post is in the main feed and its two tag feeds: 3 feeds × 3 formats.
+    site.write_post("p29.md", "Edited.\n", title="Post 29, edited",
+                    date="2025-01-15 05:30:00+05:00", tags=["even", "t2"])
+    report = builder.build(NOW)
+    assert sorted(report.written) == sorted(
+        f"{stem}.{fmt}" for stem in ("feed", "tags/even", "tags/t2")
+        for fmt in ("atom", "rss", "json"))
+    assert report.rendered == 9
+    assert b"Post 29, edited" in site.feed("feed.atom")
+
+
+def test_a_corrupt_or_foreign_parse_cache_is_ignored(site: Site) -> None:
+    blog(site)
+    site.build(NOW)
+    expected = output_bytes(site)
+    cache = site.root / "var" / "cache" / "posts.json"
+    for damaged in (b"{not json", b'{"header": {"format": 1}, "files": {}}', b"[]",
+                    cache.read_bytes().replace(b"Europe/Berlin", b"UTC")):
+        cache.write_bytes(damaged)
+        shutil.rmtree(site.output)
+        report = site.build(NOW)
+        assert report.parsed == 31
+        assert output_bytes(site) == expected
+
+
+def test_parsing_on_every_core_gives_what_one_process_gives(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    blog(site, count=40)
+    paths = sorted(str(p) for p in site.posts.iterdir())
+    one = [read_post_file(Path(p), BERLIN) for p in paths]
+    monkeypatch.setattr(collection, "PARALLEL_FROM", 10)
+    assert threading.active_count() == 1  # else parse_files stays in this process
+    assert parse_files(paths, BERLIN) == one
+
+
+def test_a_post_changed_after_the_scan_is_not_read_as_the_old_version(site: Site) -> None:
+    blog(site, count=2)
+    builder = SiteBuilder(site.settings())
+    scan = builder.collection.scan()
+    (post,) = [p for p in scan.posts if p.path.name == "p01.md"]
+    site.write_post("p01.md", "A different body, longer than before.\n", title="Post 1",
+                    date="2025-01-01 01:30:00+05:00")
+    with pytest.raises(PostChanged, match=r"p01\.md"):
+        post.read_body()
+    # A build starts again from a scan: it shows the new body.
+    builder.build(datetime(2026, 1, 1, tzinfo=BERLIN))
+    assert b"A different body" in site.feed("feed.atom")
