@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from postroom.errors import ConfigError
-from postroom.schedule import parse_schedule
+from postroom.schedule import check_schedule
 
 CONFIG_ENV = "POSTROOM_CONFIG"
 # POSTROOM__FEEDS__ENTRIES=50 overrides [feeds] entries; double underscores keep
@@ -172,7 +172,7 @@ class DigestSettings(Section):
     def _schedule_parses(cls, value: str) -> str:
         # Checked at load time, so `check` and every command refuse what the daemon would.
         try:
-            parse_schedule(value, ZoneInfo("UTC"))
+            check_schedule(value)
         except ConfigError as err:
             # "digest.schedule 'x': why" → "'x': why"; the loader puts the file, line and key.
             raise ValueError(f"{value!r}: {str(err).split(': ', 1)[-1]}") from err
