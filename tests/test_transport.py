@@ -82,6 +82,15 @@ def test_smtp_sends_many_messages_on_one_connection(server: MailServer) -> None:
     assert ".starts with a dot" in parsed.get_content(), "dot-stuffing is undone"
 
 
+def test_smtp_sends_on_uvloop(server: MailServer) -> None:
+    # uvloop's transports are not subclasses of asyncio's: an isinstance check on the
+    # connection's transport failed every send there (uvicorn[standard] brings uvloop).
+    uvloop = pytest.importorskip("uvloop")
+    outcomes = uvloop.run(send_all(smtp(server.port), ["r0@example.org", "r1@example.org"]))
+    assert all(isinstance(o, str) and "queued" in o for o in outcomes), outcomes
+    assert server.count() == 2
+
+
 @pytest.mark.parametrize(
     "fault, kind, reconnect, bounce",
     [

@@ -13,7 +13,7 @@ import mailbox
 import os
 from collections import deque
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 
@@ -140,10 +140,11 @@ class _SmtpConnection:
         self.pipelining = client.supports_extension("pipelining")
         self.timeout = timeout
         self.replies = _ReplyReader()
-        transport = client.transport
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport: asyncio.WriteTransport = transport
-        transport.set_protocol(self.replies)
+        # Duck-typed: uvloop's transports are write transports without being subclasses of
+        # asyncio's (an isinstance check failed every send on uvloop).
+        assert client.transport is not None
+        self.transport = cast(asyncio.WriteTransport, client.transport)
+        self.transport.set_protocol(self.replies)
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         commands = (f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA")
