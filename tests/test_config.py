@@ -250,3 +250,24 @@ def test_smtp_needs_an_explicit_sender(tmp_path: Path) -> None:
     text = GOOD + '\n[mail]\ntransport = "smtp"\nfrom_address = "News@Blog.Example.ORG"\n'
     assert load_settings(write(tmp_path, text), env={}).mail.from_address == \
         "news@blog.example.org"
+
+
+def test_the_confirmation_cooldown_is_the_confirmation_window_unless_set_shorter(
+        tmp_path: Path) -> None:
+    web = load_settings(write(tmp_path, GOOD), env={}).web
+    assert web.confirm_cooldown_seconds is None
+    assert web.confirm_cooldown == 7 * 86400
+    shorter = write(tmp_path, GOOD + "\n[web]\nconfirm_cooldown_seconds = 3600\n", "short.toml")
+    assert load_settings(shorter, env={}).web.confirm_cooldown == 3600
+    longer = write(tmp_path, GOOD + "\n[web]\nconfirm_expiry_days = 1\n"
+                   "confirm_cooldown_seconds = 90000\n", "long.toml")
+    assert config_error(longer) == (
+        f"{longer}: web: confirm_cooldown_seconds (90000) is longer than the confirmation "
+        "window (confirm_expiry_days = 1, 86400 s): a reader whose link expired could not "
+        "get a new one")
+
+
+def test_database_give_up_after_defaults_to_two_minutes(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, GOOD), env={}).database.give_up_after == 120.0
+    quick = write(tmp_path, GOOD + "\n[database]\ngive_up_after = 1\n", "quick.toml")
+    assert load_settings(quick, env={}).database.give_up_after == 1.0

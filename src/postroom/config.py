@@ -243,8 +243,10 @@ class WebSettings(Section):
     # How long a confirmation link works, and when an unconfirmed request is forgotten.
     confirm_expiry_days: int = Field(default=7, ge=1)
     # A pending address gets at most one confirmation mail per this many seconds, however
-    # often it is asked for (the visitor's answer is the same either way).
-    confirm_cooldown_seconds: int = Field(default=3600, ge=0)
+    # often it is asked for (the visitor's answer is the same either way). Default: the
+    # whole confirmation window, so one mail per request; set it shorter to allow a
+    # repeat sooner.
+    confirm_cooldown_seconds: int | None = Field(default=None, ge=0)
     # Confirmation mails per hour across all addresses; requests beyond it send none.
     confirmations_per_hour: int = Field(default=100, ge=1)
     # Slow clients: the request line and headers must arrive within header_timeout seconds
@@ -256,6 +258,23 @@ class WebSettings(Section):
     max_connections: int = Field(default=500, ge=1)
     # Cache-Control max-age of the feeds.
     feed_max_age: int = Field(default=300, ge=0)
+
+    @model_validator(mode="after")
+    def _cooldown_within_the_window(self) -> WebSettings:
+        cooldown, window = self.confirm_cooldown_seconds, self.confirm_expiry_days * 86400
+        if cooldown is not None and cooldown > window:
+            raise ValueError(
+                f"confirm_cooldown_seconds ({cooldown}) is longer than the confirmation window "
+                f"(confirm_expiry_days = {self.confirm_expiry_days}, {window} s): a reader "
+                "whose link expired could not get a new one")
+        return self
+
+    @property
+    def confirm_cooldown(self) -> int:
+        """Return the seconds between two confirmation mails to one pending address."""
+        if self.confirm_cooldown_seconds is None:
+            return self.confirm_expiry_days * 86400
+        return self.confirm_cooldown_seconds
 
 
 class DaemonSettings(Section):

@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, or_, select
 
 from postroom import subscribers
 from postroom.schema import deliveries
@@ -129,21 +129,28 @@ def unsubscribe(engine: Engine, subscriber_id: int, now: datetime) -> str | None
 
 
 def expire_pending(engine: Engine, now: datetime, after_days: int) -> int:
-    """Delete requests never confirmed within `after_days`; return how many.
+    """Forget requests never confirmed, older than `after_days`, whose last confirmation
+    mail was queued or sent before that too; return how many.
 
-    Only never-confirmed rows go: an unsubscribed address is kept, so an import can
-    never bring it back.
+    By then every link mailed for the request has expired, so its confirmation deliveries
+    go with it, and a new request is a new one (with a new mail). A request mailed within
+    the window is kept, so its link still confirms. Only never-confirmed rows go: an
+    unsubscribed address is kept, so an import can never bring it back.
     """
     cutoff = now - timedelta(days=after_days)
+    # Deliveries that keep a request: anything but a confirmation, one being sent right
+    # now, and a confirmation queued, retried or sent within the window.
+    keeping = select(deliveries.c.subscriber_id).where(or_(
+        deliveries.c.kind != "confirm", deliveries.c.status == "sending",
+        deliveries.c.next_attempt_at >= cutoff, deliveries.c.sent_at >= cutoff))
+    stale = select(subscribers_table.c.id).where(
+        subscribers_table.c.status == "pending",
+        subscribers_table.c.confirmed_at.is_(None),
+        subscribers_table.c.created_at < cutoff,
+        ~subscribers_table.c.id.in_(keeping),
+    )
     with engine.begin() as connection:
-        result = connection.execute(
-            delete(subscribers_table).where(
-                and_(
-                    subscribers_table.c.status == "pending",
-                    subscribers_table.c.confirmed_at.is_(None),
-                    subscribers_table.c.created_at < cutoff,
-                    ~subscribers_table.c.id.in_(select(deliveries.c.subscriber_id)),
-                )
-            )
-        )
+        connection.execute(delete(deliveries).where(deliveries.c.subscriber_id.in_(stale)))
+        result = connection.execute(delete(subscribers_table).where(
+            subscribers_table.c.id.in_(stale)))
     return int(result.rowcount)

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -216,6 +217,48 @@ def test_bombing_one_inbox_through_many_clients_and_plus_addresses(
     figures.hold("bombing: 30 requests from 30 clients for victim+N@ → mails to the inbox",
                  to_victim, f"≤ {limit} (web.rate_per_email)", to_victim <= limit,
                  f"answers {dict(sorted(Counter(answers).items()))}")
+
+
+def test_bombing_one_pending_address_over_its_confirmation_window(
+        tmp_path: Path, sink: MailServer, figures: Figures) -> None:
+    # The default limits; the web app's clock walks through the confirmation window (the
+    # past week, so the mail it queues is due now), one request every 5.6 hours.
+    with DaemonSite.create(tmp_path / "bombed", smtp_port=sink.port,
+                           web={"trusted_proxies": ["127.0.0.1"]}) as site:
+        server = site.serve_in_process()
+        window = timedelta(days=site.settings().web.confirm_expiry_days)
+        start = datetime.now(UTC) - window - timedelta(minutes=2)
+        moment = [start]
+        server.state.clock = lambda: moment[0]
+        answers = []
+        with httpx.Client(base_url=site.base_url, timeout=10) as client:
+            token = csrf_token(client)
+
+            def ask(n: int) -> httpx.Response:
+                answer = client.post("/subscribe", data={"csrf": token,
+                                                         "email": "victim@example.org"},
+                                     headers={"X-Forwarded-For": f"198.51.100.{n + 1}"})
+                server.wait_idle()
+                return answer
+
+            for n in range(30):
+                moment[0] = start + window * n / 30
+                answers.append(ask(n))
+            within = len(sink.messages_to("victim@example.org"))
+            # The first link has expired: asking again gets a new one.
+            moment[0] = start + window + timedelta(minutes=1)
+            again = ask(30)
+        after = len(sink.messages_to("victim@example.org")) - within
+    same = len({(a.status_code, a.content) for a in [*answers, again]}) == 1
+    case = (f"bombing: 30 requests from 30 clients for one pending address over its "
+            f"{window.days}-day confirmation window")
+    figures.record(f"{case} → mails to it", within, "≤ 1 (one per confirmation window)",
+                   within == 1 and same,
+                   f"answers {dict(Counter(a.status_code for a in answers))}, "
+                   f"{'byte-identical' if same else 'NOT identical'}")
+    figures.record(f"{case}, then one more after it → new mails", after,
+                   "1 (a new link: the first expired)", after == 1)
+    figures.assert_held()
 
 
 def test_the_answers_do_not_tell_whether_an_address_is_known(

@@ -62,7 +62,9 @@ class RequestLimits:
         self._secret = hashlib.sha256(f"postroom.limits:{secret}".encode()).digest()
         self.per_client = Window("client", web.rate_per_client, web.rate_window_seconds)
         self.per_mailbox = Window("mailbox", web.rate_per_email, web.rate_window_seconds)
-        self.per_subscriber = Window("confirm", 1, web.confirm_cooldown_seconds)
+        # One mail per pending subscriber (and status) per cool-down: by default the whole
+        # confirmation window, so asking again for a link that still works sends nothing.
+        self.per_subscriber = Window("confirm", 1, web.confirm_cooldown)
         self.confirmations = Window("confirm-all", web.confirmations_per_hour, 3600)
 
     def key(self, value: str) -> str:
