@@ -31,9 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from delivery_setup import BenchError, Measured, measure, rss_floor_kb
-from facts import machine, postroom_command, postroom_version
+from facts import busy_cpu_seconds, machine, postroom_command, postroom_version
 from feeds_corpus import FEED_ENTRIES, Corpus, fresh_copy, write_corpus
 from feeds_report import (
+    BUSY_CORES,
     FLOOR,
     HUGO,
     NGINX,
@@ -43,6 +44,7 @@ from feeds_report import (
     Figures,
     Rescan,
     Served,
+    background,
     command_line,
     render,
     rescan_line,
@@ -105,6 +107,14 @@ def timeout_for(posts: int) -> float:
 def command_env() -> dict[str, str]:
     """This environment minus POSTROOM* variables: the site's config alone decides."""
     return {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM")}
+
+
+def measure_beside(argv: list[str], env: dict[str, str], timeout: float,
+                   cwd: Path | None = None) -> tuple[Measured, float]:
+    """`measure`, and the CPU seconds the rest of the machine used during the run."""
+    before = busy_cpu_seconds()
+    done = measure(argv, env, timeout, cwd=cwd)
+    return done, max(0.0, busy_cpu_seconds() - before - done.cpu)
 
 
 def problems_of(done: Measured) -> list[str]:
@@ -176,7 +186,7 @@ class Bench:
             argv = [self.pelican, str(site / "content"), "--output", str(site / "output"),
                     "--settings", str(site / "pelicanconf.py"), "--ignore-cache", "--quiet"]
             feed, marker = site / "output" / "feeds" / "all.atom.xml", b"<entry>"
-        done = measure(argv, self.env, timeout_for(size), cwd=site)
+        done, other = measure_beside(argv, self.env, timeout_for(size), cwd=site)
         problems = problems_of(done)
         entries, size_bytes = count_in(feed, marker)
         if not problems and entries != FEED_ENTRIES:
@@ -186,7 +196,8 @@ class Bench:
             if items != FEED_ENTRIES:
                 problems.append(f"all.rss.xml has {items} items, not {FEED_ENTRIES}")
         return Command("cold", tool, size, repeat, done.wall, done.cpu, done.maxrss_kb,
-                       ok=not problems, note="; ".join(problems), feed_bytes=size_bytes)
+                       ok=not problems, note="; ".join(problems), feed_bytes=size_bytes,
+                       other_cpu=other)
 
     def warm_site(self, size: int) -> Path:
         """A built postroom site of `size` posts (the warm builds and the servers use it)."""
@@ -207,12 +218,12 @@ class Bench:
             argv = [sys.executable, str(HERE / "feeds_statwalk.py"), str(site / "posts")]
         feed = site / "public" / "feed.atom"
         before = feed.stat().st_mtime_ns
-        done = measure(argv, self.env, timeout_for(size), cwd=site)
+        done, other = measure_beside(argv, self.env, timeout_for(size), cwd=site)
         problems = problems_of(done)
         if feed.stat().st_mtime_ns != before:  # postroom writes a file only if it changed
             problems.append("feed.atom was written again with nothing changed")
         return Command("warm", tool, size, repeat, done.wall, done.cpu, done.maxrss_kb,
-                       ok=not problems, note="; ".join(problems))
+                       ok=not problems, note="; ".join(problems), other_cpu=other)
 
     def rescan(self, size: int, per_tag: bool, repeat: int) -> Rescan:
         corpus = self.corpora[size]
@@ -223,8 +234,9 @@ class Bench:
                 str(site / "postroom.toml"), "--edit-main", corpus.in_main_feed,
                 "--edit-old", corpus.in_no_feed, "--rebuilds", str(self.args.rebuilds),
                 "--edits", str(self.args.edits)] + (["--per-tag"] if per_tag else [])
-        done = measure(argv, self.env, timeout_for(size) * 4, cwd=site)
-        run = Rescan(size, per_tag, repeat, ok=False, maxrss_kb=done.maxrss_kb)
+        done, other = measure_beside(argv, self.env, timeout_for(size) * 4, cwd=site)
+        run = Rescan(size, per_tag, repeat, ok=False, maxrss_kb=done.maxrss_kb,
+                     wall=done.wall, other_cpu=other)
         try:
             result = json.loads(done.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -306,7 +318,8 @@ class Bench:
                                      else NGINX, scenario.label, repeat, load.rate,
                                      load.p99_ms, load.bytes_per_response,
                                      load.cpu_us_per_request, ok=not load.problems,
-                                     note="; ".join(load.problems))
+                                     note="; ".join(load.problems), wall=load.seconds,
+                                     other_cpu=load.other_cpu)
                         self.figures.served.append(run)
                         print(served_line(run, args.repeats), flush=True)
                 self.write(f"after serving, repeat {repeat} of {args.repeats}")
@@ -349,11 +362,26 @@ class Bench:
                      f"{3 * args.repeats} pairs; in-process: {args.rebuilds} rebuilds and "
                      f"{args.edits} edits per post per run; wrk -t{args.wrk_threads} "
                      f"-c{args.wrk_connections} -d{args.wrk_seconds:g}s"),
+            ("other cores busy", self._background()),
             ("peak RSS floor", f"{self.rss_floor_kb / 1024:.1f} MB: a child's ru_maxrss "
                                "includes the peak RSS of the process that spawned it (this "
                                "script), so no figure below can be smaller; measured with "
                                "/bin/true"),
         ]
+
+
+    def _background(self) -> str:
+        figures = self.figures
+        runs: list[Command | Rescan | Served] = [*figures.commands, *figures.rescans,
+                                                 *figures.served]
+        cores = background(runs)
+        if cores is None:
+            return "–"
+        busy = [r for r in runs if r.wall > 0 and r.other_cpu / r.wall >= BUSY_CORES]
+        return (f"{cores:.2f} on average while the measured commands ran (CPU time of "
+                f"everything else, /proc/stat); {len(busy)} of {len(runs)} runs beside "
+                f"{BUSY_CORES} or more" + (" — **their wall times and rates are disturbed**"
+                                            if busy else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,8 @@ EDIT_TARGET_MS = 100.0
 SERVE_200_TARGET = 0.5  # postroom / nginx, req/s
 SERVE_304_TARGET = 0.15
 MEMORY_TARGET_MB = 80.0
+# Other work on the machine, in cores kept busy on average, from which a figure is disturbed.
+BUSY_CORES = 0.2
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Command:
     ok: bool
     note: str = ""
     feed_bytes: int = 0  # the main feed it wrote (postroom: feed.atom)
+    other_cpu: float = 0.0  # CPU seconds the rest of the machine used meanwhile
 
     @property
     def rss_mb(self) -> float:
@@ -59,6 +62,8 @@ class Rescan:
     edit_written: dict[str, list[list[str]]] = field(default_factory=dict)
     feeds: int = 0
     maxrss_kb: int = 0
+    wall: float = 0.0
+    other_cpu: float = 0.0
 
 
 @dataclass
@@ -74,6 +79,8 @@ class Served:
     cpu_us_per_request: float
     ok: bool
     note: str = ""
+    wall: float = 0.0
+    other_cpu: float = 0.0
 
 
 # --- progress lines -------------------------------------------------------------------------
@@ -82,7 +89,7 @@ def command_line(run: Command, repeats: int) -> str:
     status = "ok" if run.ok else f"FAILED ({run.note})"
     return (f"[{run.phase} {run.repeat}/{repeats}] {run.size:>6,} posts  {run.tool:<10} "
             f"wall {run.wall:7.3f} s  cpu {run.cpu:7.3f} s  peak rss {run.rss_mb:6.1f} MB  "
-            f"{status}")
+            f"{_beside(run)}{status}")
 
 
 def rescan_line(run: Rescan, repeats: int) -> str:
@@ -91,9 +98,10 @@ def rescan_line(run: Rescan, repeats: int) -> str:
                 f"{_on(run.per_tag)}: FAILED ({run.note})")
     edits = ", ".join(f"edit {case} {_ms(_med(values))} ms" for case, values in run.edits.items())
     return (f"[rescan {run.repeat}/{repeats}] {run.size:,} posts, per-tag {_on(run.per_tag)}: "
-            f"first build {run.first_build:.2f} s; rebuild {_ms(_med(run.rebuilds))} ms "
+            f"warm-up build {run.first_build:.2f} s; rebuild {_ms(_med(run.rebuilds))} ms "
             f"(floor {_ms(_med(run.floors))} ms); {edits}; peak rss "
-            f"{run.maxrss_kb / 1024:.1f} MB  {'ok' if run.ok else 'FAILED (' + run.note + ')'}")
+            f"{run.maxrss_kb / 1024:.1f} MB  {_beside(run)}"
+            f"{'ok' if run.ok else 'FAILED (' + run.note + ')'}")
 
 
 def served_line(run: Served, repeats: int) -> str:
@@ -101,7 +109,25 @@ def served_line(run: Served, repeats: int) -> str:
     return (f"[serve {run.repeat}/{repeats}] {run.scenario:<8} {run.server:<8} "
             f"{run.rate:>9,.0f} req/s  p99 {run.p99_ms:6.1f} ms  "
             f"{run.bytes_per_response:>9,.0f} B/response  server cpu "
-            f"{run.cpu_us_per_request:5.0f} µs/request  {status}")
+            f"{run.cpu_us_per_request:5.0f} µs/request  {_beside(run)}{status}")
+
+
+def _beside(run: Command | Rescan | Served) -> str:
+    """What else the machine ran meanwhile, when it is enough to disturb the figure."""
+    cores = run.other_cpu / run.wall if run.wall > 0 else 0.0
+    return f"[{cores:.2f} other cores busy] " if cores >= BUSY_CORES else ""
+
+
+def background(runs: Sequence[Command | Rescan | Served]) -> float | None:
+    """The cores the rest of the machine kept busy over these runs, on average."""
+    wall = sum(r.wall for r in runs)
+    return sum(r.other_cpu for r in runs) / wall if wall > 0 else None
+
+
+def _background_cell(runs: Sequence[Command | Rescan | Served]) -> str:
+    cores = background(runs)
+    text = _fmt(cores, ".2f")
+    return f"**{text}**" if cores is not None and cores >= BUSY_CORES else text
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -274,7 +300,8 @@ def _memory_target(figures: Figures) -> list[str]:
 
 def cold_table(figures: Figures) -> list[str]:
     header = ["posts", "tool", "wall s median (min)", "CPU s median", "peak RSS MB (max)",
-              "× Hugo (median wall)", "× Hugo (best wall)", "main feed KB", "runs ok"]
+              "× Hugo (median wall)", "× Hugo (best wall)", "main feed KB", "other cores busy",
+              "runs ok"]
     rows = []
     for size in figures.sizes("cold"):
         hugo = figures.good("cold", HUGO, size)
@@ -290,13 +317,14 @@ def cold_table(figures: Figures) -> list[str]:
                 _fmt(max((r.rss_mb for r in good), default=None), ".1f"),
                 _fmt(_ratio(_med(walls), _med(r.wall for r in hugo)), ".2f"),
                 _fmt(_ratio(_min(walls), _min(r.wall for r in hugo)), ".2f"),
-                _fmt(_med(r.feed_bytes / 1024 for r in good), ",.0f"), _runs_ok(runs)])
+                _fmt(_med(r.feed_bytes / 1024 for r in good), ",.0f"), _background_cell(runs),
+                _runs_ok(runs)])
     return _table(header, rows)
 
 
 def warm_table(figures: Figures) -> list[str]:
     header = ["posts", "command", "wall ms median (min)", "CPU ms median", "peak RSS MB (max)",
-              "× floor (median)", "runs ok"]
+              "× floor (median)", "other cores busy", "runs ok"]
     rows = []
     for size in figures.sizes("warm"):
         floor = _med(r.wall for r in figures.good("warm", FLOOR, size))
@@ -309,14 +337,15 @@ def warm_table(figures: Figures) -> list[str]:
                          f"{_ms(_med(walls))} ({_ms(_min(walls))})",
                          _ms(_med(r.cpu for r in good)),
                          _fmt(max((r.rss_mb for r in good), default=None), ".1f"),
-                         _fmt(_ratio(_med(walls), floor), ".2f"), _runs_ok(runs)])
+                         _fmt(_ratio(_med(walls), floor), ".2f"), _background_cell(runs),
+                         _runs_ok(runs)])
     return _table(header, rows)
 
 
 def rescan_table(figures: Figures) -> list[str]:
-    header = ["posts", "per-tag feeds", "first build s (median)", "rebuild ms median (min)",
+    header = ["posts", "per-tag feeds", "warm-up build s (median)", "rebuild ms median (min)",
               "stat floor ms median (min)", "× floor (median)", "files written by rebuilds",
-              "process peak RSS MB", "runs ok"]
+              "process peak RSS MB", "other cores busy", "runs ok"]
     rows = []
     for size in sorted({r.size for r in figures.rescans}):
         for per_tag in (False, True):
@@ -333,7 +362,7 @@ def rescan_table(figures: Figures) -> list[str]:
                          _fmt(_ratio(_med(rebuilds), _med(floors)), ".1f"),
                          ", ".join(written) or "none",
                          _fmt(max((r.maxrss_kb / 1024 for r in good), default=None), ".1f"),
-                         _runs_ok(runs)])
+                         _background_cell(runs), _runs_ok(runs)])
     return _table(header, rows)
 
 
@@ -369,7 +398,7 @@ def serve_table(figures: Figures) -> list[str]:
     header = ["request", "postroom req/s median (min)", "nginx req/s median (min)",
               "× nginx (median)", "p99 ms postroom / nginx (median)",
               "server CPU µs/request postroom / nginx", "bytes/response postroom / nginx",
-              "runs ok postroom / nginx"]
+              "other cores busy", "runs ok postroom / nginx"]
     rows = []
     for scenario in dict.fromkeys(r.scenario for r in figures.served):
         per = {s: [r for r in figures.served if r.server == s and r.scenario == scenario]
@@ -386,6 +415,7 @@ def serve_table(figures: Figures) -> list[str]:
               for s in (POSTROOM, NGINX)),
             _fmt(figures.serve_ratio(scenario), ".3f"), pair("p99_ms", ".1f"),
             pair("cpu_us_per_request", ",.0f"), pair("bytes_per_response", ",.0f"),
+            _background_cell([*per[POSTROOM], *per[NGINX]]),
             f"{_runs_ok(per[POSTROOM])} / {_runs_ok(per[NGINX])}"])
     return _table(header, rows)
 
@@ -434,7 +464,12 @@ both servers up all along. A first request with the run's headers gives the ETag
 conditional runs send in `If-None-Match` and checks the status; wrk's own totals then give
 requests, bytes per response (a 304 run with body-sized responses fails) and errors
 (socket errors and non-2xx/3xx). wrk and the server share the machine's cores. Server CPU
-is user + sys of the server's process group over the run."""
+is user + sys of the server's process group over the run.
+
+*Other cores busy*: the CPU time the rest of the machine used during a row's runs (from
+/proc/stat, less the measured commands' own, and for wrk runs less wrk's and the server's),
+divided by their wall time. In bold from 0.2 on: something else was running and the row's
+wall times and rates are not to be trusted; its CPU times still are."""
 
 
 def render(facts: Sequence[tuple[str, str]], figures: Figures, status: str) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delivery_setup import BenchError, measure
+from facts import busy_cpu_seconds
 
 LOOPBACK = "127.0.0.1"
 FEED = "feed.atom"
@@ -104,6 +105,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     server_cpu: float  # CPU seconds of the server's processes during the run
+    other_cpu: float  # CPU seconds of everything else but wrk, meanwhile
     problems: list[str]
 
     @property
@@ -257,13 +259,14 @@ def run_wrk(wrk: str, server: Server, scenario: Scenario, workdir: Path, seconds
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(f"http://{LOOPBACK}:{server.port}/{FEED}")
-    cpu_before = server.cpu_seconds()
+    cpu_before, busy_before = server.cpu_seconds(), busy_cpu_seconds()
     done = measure(argv, os.environ, timeout=seconds + 60)
     server_cpu = server.cpu_seconds() - cpu_before
+    other_cpu = max(0.0, busy_cpu_seconds() - busy_before - server_cpu - done.cpu)
     summary = _summary(done.stdout)
     if done.returncode != 0 or summary is None:
         tail = (done.stderr or done.stdout).strip()[-300:]
-        return Load(0, seconds, 0.0, 0, 0.0, 0.0, server_cpu,
+        return Load(0, seconds, 0.0, 0, 0.0, 0.0, server_cpu, other_cpu,
                     [*problems, f"wrk failed (exit {done.returncode}): {tail}"])
     requests = int(summary["requests"])
     errors = sum(int(summary[k]) for k in ("connect", "read", "write", "status", "timeout"))
@@ -280,7 +283,8 @@ def run_wrk(wrk: str, server: Server, scenario: Scenario, workdir: Path, seconds
         problems.append(f"{per_response:,.0f} bytes per response, body is "
                         f"{answer.body_bytes:,}: not all 200s")
     return Load(requests, summary["duration_us"] / 1e6, per_response, errors,
-                summary["p50_us"] / 1000, summary["p99_us"] / 1000, server_cpu, problems)
+                summary["p50_us"] / 1000, summary["p99_us"] / 1000, server_cpu, other_cpu,
+                problems)
 
 
 def _summary(stdout: str) -> dict[str, float] | None:
