@@ -130,3 +130,28 @@ def test_a_post_changed_after_the_scan_is_not_read_as_the_old_version(site: Site
     # A build starts again from a scan: it shows the new body.
     builder.build(datetime(2026, 1, 1, tzinfo=BERLIN))
     assert b"A different body" in site.feed("feed.atom")
+
+
+def test_a_build_with_nothing_changed_reports_the_same_problems_and_exit_code(
+        site: Site) -> None:
+    blog(site, count=3)
+    site.write_raw("broken.md", "---\ntitle: [unclosed\n---\nBody.\n")
+    os.utime(site.posts / "broken.md", ns=(LONG_AGO_NS, LONG_AGO_NS))
+    runs = [run_postroom("build", cwd=site.root) for _ in range(2)]
+    assert [r.returncode for r in runs] == [1, 1]
+    assert "broken.md:3: invalid YAML" in runs[0].stderr
+    assert runs[1].stderr == runs[0].stderr
+    # "3 published posts; 19 files in …: 0 written, 19 unchanged, 1 problem(s)"
+    assert runs[1].stdout.split(";")[0] == runs[0].stdout.split(";")[0]
+    assert " 0 written" in runs[1].stdout and "1 problem(s)" in runs[1].stdout
+
+
+def test_a_post_coming_due_is_published_by_the_next_build_though_no_file_changed(
+        site: Site) -> None:
+    blog(site, count=3)
+    first = site.build(NOW)
+    later = site.build(datetime(2031, 1, 2, tzinfo=BERLIN))  # "future.md" is due by then
+    assert later.published == first.published + 1
+    assert b"<title>Future</title>" in site.feed("feed.atom")
+    again = site.build(datetime(2031, 1, 3, tzinfo=BERLIN))
+    assert (again.parsed, again.rendered, again.published) == (0, 0, later.published)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postroom import __version__
-from postroom.buildstate import BuildState, load_build_state, save_build_state
+from postroom.buildstate import BuildState, Outcome, load_build_state, save_build_state
 from postroom.collection import PostCollection, PostsFolderError, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
@@ -33,6 +34,7 @@ from postroom.output import (
     write_files,
     write_manifest,
 )
+from postroom.parsecache import RACY_NS
 from postroom.posts import Post, PostChanged, tag_slug
 
 if TYPE_CHECKING:
@@ -234,6 +236,10 @@ class SiteBuilder:
 
     def _build_once(self, now: datetime, *, write: bool, allow_empty: bool) -> BuildReport:
         output = self.settings.output_dir
+        if write and self.last_scan is None:
+            unchanged = self._nothing_changed(now)
+            if unchanged is not None:
+                return unchanged
         try:
             scan = self.collection.scan()
         except PostsFolderError as err:
@@ -251,12 +257,46 @@ class SiteBuilder:
                              published=len(scan.published(now)))
         renders = self.renders
         if write:
-            self._write(report, planned)
+            self._write(report, planned, scan, now)
         else:
             report.feeds = {name: self.feed_bytes(name, p) for name, p in planned}
         report.rendered = self.renders - renders
         self._forget_unused(planned)
         return report
+
+    def _nothing_changed(self, now: datetime) -> BuildReport | None:
+        """A first build of this builder (a CLI build): if the posts folder, the settings
+        and the output are as the last build left them and no post came due since, return
+        its report again, having read no post. Else None: build."""
+        last = self._last_state()
+        outcome = last.outcome
+        if outcome is None or outcome.stamp != self._stamp or (
+                outcome.until is not None and datetime.fromisoformat(outcome.until) <= now):
+            return None
+        walk, count = self.collection.fingerprint()
+        folder = self.settings.output_dir
+        if walk != outcome.walk or count == 0 or any(
+                _size(folder / name) != size for name, size in last.sizes.items()) or \
+                last.inputs.get(STYLESHEET, self._stylesheet_key()) != self._stylesheet_key():
+            return None
+        names = sorted(last.inputs)
+        return BuildReport(
+            published=outcome.published, post_files=outcome.post_files, unchanged=names,
+            feeds=FeedBytes(folder, {}, names),
+            problems=[Problem(Path(path), line, message)
+                      for path, line, message in outcome.problems])
+
+    def _outcome(self, scan: Scan, report: BuildReport, now: datetime) -> Outcome | None:
+        if self.state_file is None or self.collection.newest_mtime_ns() > time.time_ns() - RACY_NS:
+            # A post written within the clock's grain could change again unseen by its
+            # size and mtime: the next build reads the folder rather than trust them.
+            return None
+        walk, _ = self.collection.fingerprint(of_last_scan=True)
+        upcoming = [p.published for p in scan.posts if not p.draft and p.published > now]
+        return Outcome(walk=walk, stamp=self._stamp,
+                       until=min(upcoming).isoformat() if upcoming else None,
+                       published=report.published, post_files=report.post_files,
+                       problems=[(str(p.path), p.line, p.message) for p in report.problems])
 
     def _last_state(self) -> BuildState:
         # Read once: from then on this builder is what changes the output folder (another
@@ -266,7 +306,8 @@ class SiteBuilder:
                 load_build_state(self.state_file, self.settings.output_dir)
         return self._state
 
-    def _write(self, report: BuildReport, planned: list[tuple[str, PlannedFeed]]) -> None:
+    def _write(self, report: BuildReport, planned: list[tuple[str, PlannedFeed]], scan: Scan,
+               now: datetime) -> None:
         """Write the planned files that changed, remove feeds no longer built, and record
         what was built."""
         folder = self.settings.output_dir
@@ -292,10 +333,15 @@ class SiteBuilder:
         report.removed = remove_stale(folder, read_manifest(folder) - set(names))
         report.feeds = FeedBytes(folder, known, names)
         write_manifest(folder, names, report.post_files)
+        # What a CLI build with nothing changed reports again: worked out when it changes.
+        outcome = last.outcome
+        if scan.changed or outcome is None or outcome.published != report.published:
+            outcome = self._outcome(scan, report, now)
         state = BuildState(inputs={name: feed.key for name, feed in planned},
                            sizes={name: len(data) for name, data in changed.items()}
                            | {name: last.sizes[name] for name in names
-                              if name not in changed and name in last.sizes})
+                              if name not in changed and name in last.sizes},
+                           outcome=outcome)
         if state != last and self.state_file is not None:
             save_build_state(self.state_file, folder, state)
         self._state = state

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from functools import cached_property
@@ -98,6 +99,21 @@ class PostCollection:
         self._last = Scan(posts, sorted(problems), changed=True, parsed=parsed, files=len(seen))
         return self._last
 
+    def fingerprint(self, *, of_last_scan: bool = False) -> tuple[str, int]:
+        """Return a hash of every post file's path, size and mtime, and how many there are:
+        what a build compares with the last one's before reading anything. Walks the
+        folder, or (`of_last_scan`) takes what the last scan saw."""
+        if of_last_scan:
+            return _fingerprint(self.folder, ((p, k) for p, (k, _) in self._cache.items()))
+        try:
+            return _fingerprint(self.folder, _walk_keys(str(self.folder)))
+        except OSError:
+            return "", 0  # the scan says why
+
+    def newest_mtime_ns(self) -> int:
+        """Return the newest modification time (ns) among the files of the last scan."""
+        return max((key[1] for key, _ in self._cache.values()), default=0)
+
     def save(self) -> None:
         """Write the cache file if the cache changed since it was last written."""
         if self._unsaved and self.cache_file is not None:
@@ -186,6 +202,31 @@ def _stat_walk(folder: str, cache: dict[str, tuple[FileKey, ParsedFile]],
             else:
                 seen[path] = (key, _NOT_READ)
                 fresh.append(path)
+
+
+def _walk_keys(folder: str) -> Iterator[tuple[str, FileKey]]:
+    """Yield each post file's path and (size, mtime), in the order `_stat_walk` sees them."""
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            name = entry.name
+            if entry.is_dir():
+                if not name.startswith((".", "_")):
+                    yield from _walk_keys(entry.path)
+            elif is_post_file(name):
+                try:
+                    stat = entry.stat()
+                    yield entry.path, (stat.st_size, stat.st_mtime_ns)
+                except OSError:
+                    yield entry.path, (-1, -1)
+
+
+def _fingerprint(folder: Path, keys: Iterable[tuple[str, FileKey]]) -> tuple[str, int]:
+    digest = hashlib.sha256(str(folder).encode())
+    count = 0
+    for path, (size, mtime) in keys:
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+        count += 1
+    return digest.hexdigest(), count
 
 
 def newest_first(posts: Iterable[Post]) -> list[Post]:

@@ -64,14 +64,18 @@ def _write_temp_and_rename(path: Path, data: bytes) -> bool:
     return True
 
 
-def write_cache_file(path: Path, data: bytes) -> None:
+def write_cache_file(path: Path, data: bytes | Iterable[str]) -> None:
     """Replace a cache file atomically, without fsync: a cache lost in a crash costs only
-    time. Raises OSError."""
+    time. `data` is bytes, or text in pieces (written as UTF-8 as they come, so a big cache
+    is never one string in memory). Raises OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                handle.writelines(piece.encode("utf-8") for piece in data)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,25 @@ def save_parse_cache(file: Path, folder: Path, zone: tzinfo,
     # A file written within RACY_NS of now could be written again within the same clock
     # tick with the same size, and look unchanged: it is not kept (parsed again next run).
     racy_after = time.time_ns() - RACY_NS
-    files = {path: [key[0], key[1], _record(outcome, zone)]
-             for path, (key, outcome) in parsed.items() if key[0] >= 0 and key[1] < racy_after}
-    data = json.dumps({"header": _header(folder, zone), "files": files},
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    kept = [(path, key, outcome) for path, (key, outcome) in parsed.items()
+            if key[0] >= 0 and key[1] < racy_after]
+    data = _pieces(_header(folder, zone), kept, zone)
     try:
         write_cache_file(file, data)
     except OSError as err:
         log.warning("cannot write the parse cache %s: %s (the next run parses every post)",
                     file, err.strerror or err)
+
+
+def _pieces(header: dict[str, Any], kept: list[tuple[str, FileKey, ParsedFile]],
+            zone: tzinfo) -> Iterator[str]:
+    """The cache file's JSON, one file at a time (10,000 posts never make one string)."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    yield '{"header":' + encode(header) + ',"files":{'
+    for index, (path, key, outcome) in enumerate(kept):
+        entry = encode(path) + ":" + encode([key[0], key[1], _record(outcome, zone)])
+        yield entry if index == 0 else "," + entry
+    yield "}}"
 
 
 def _header(folder: Path, zone: tzinfo) -> dict[str, Any]:
