@@ -10,7 +10,7 @@ Pelican; a warm `postroom build` (nothing changed) against a script that only st
 posts. At 10,000: the daemon's rescan with nothing changed and its rebuild after one post
 is edited, in-process, with and without per-tag feeds. Then wrk against `postroom serve` and
 nginx: plain GETs (200s) and GETs with If-None-Match (304s), with and without gzip.
---quick: 1,000 posts only, one repeat, 3-second wrk runs (a smoke run of a minute or two).
+--quick: 1,000 posts only, one repeat, 3-second wrk runs (a smoke run of under a minute).
 
 Needs hugo, nginx and wrk (Debian packages hugo, nginx-light, wrk; installed when missing
 and running as root) and Pelican (pip-installed into bench/.cache/pelican-venv). Writes its
@@ -26,6 +26,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +84,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="length of each wrk run (default 10; --quick 3)")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=50)
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="before each measured run, wait up to SECONDS for the rest of "
+                             f"the machine to keep fewer than {BUSY_CORES} cores busy (for a "
+                             "shared machine; default 0: do not wait)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the corpora and sites go (default: a temporary folder, "
                              "removed at the end)")
@@ -109,12 +114,31 @@ def command_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM")}
 
 
-def measure_beside(argv: list[str], env: dict[str, str], timeout: float,
-                   cwd: Path | None = None) -> tuple[Measured, float]:
-    """`measure`, and the CPU seconds the rest of the machine used during the run."""
+def measure_beside(argv: list[str], env: dict[str, str], timeout: float, cwd: Path,
+                   wait_idle: float) -> tuple[Measured, float]:
+    """`measure` (after up to `wait_idle` seconds of waiting for an idle machine), and the
+    CPU seconds the rest of the machine used during the run."""
+    wait_for_idle(wait_idle)
     before = busy_cpu_seconds()
     done = measure(argv, env, timeout, cwd=cwd)
     return done, max(0.0, busy_cpu_seconds() - before - done.cpu)
+
+
+def wait_for_idle(limit: float, probe: float = 0.5) -> None:
+    """Wait up to `limit` seconds until the machine keeps fewer than BUSY_CORES cores busy."""
+    if limit <= 0:
+        return
+    started = time.monotonic()
+    while True:
+        before = busy_cpu_seconds()
+        time.sleep(probe)
+        cores = (busy_cpu_seconds() - before) / probe
+        waited = time.monotonic() - started
+        if cores < BUSY_CORES or waited >= limit:
+            if waited > 2 * probe:
+                print(f"  (waited {waited:.0f} s for an idle machine: {cores:.2f} cores busy)",
+                      flush=True)
+            return
 
 
 def problems_of(done: Measured) -> list[str]:
@@ -186,7 +210,8 @@ class Bench:
             argv = [self.pelican, str(site / "content"), "--output", str(site / "output"),
                     "--settings", str(site / "pelicanconf.py"), "--ignore-cache", "--quiet"]
             feed, marker = site / "output" / "feeds" / "all.atom.xml", b"<entry>"
-        done, other = measure_beside(argv, self.env, timeout_for(size), cwd=site)
+        done, other = measure_beside(argv, self.env, timeout_for(size), site,
+                                     self.args.wait_idle)
         problems = problems_of(done)
         entries, size_bytes = count_in(feed, marker)
         if not problems and entries != FEED_ENTRIES:
@@ -218,7 +243,8 @@ class Bench:
             argv = [sys.executable, str(HERE / "feeds_statwalk.py"), str(site / "posts")]
         feed = site / "public" / "feed.atom"
         before = feed.stat().st_mtime_ns
-        done, other = measure_beside(argv, self.env, timeout_for(size), cwd=site)
+        done, other = measure_beside(argv, self.env, timeout_for(size), site,
+                                     self.args.wait_idle)
         problems = problems_of(done)
         if feed.stat().st_mtime_ns != before:  # postroom writes a file only if it changed
             problems.append("feed.atom was written again with nothing changed")
@@ -234,7 +260,8 @@ class Bench:
                 str(site / "postroom.toml"), "--edit-main", corpus.in_main_feed,
                 "--edit-old", corpus.in_no_feed, "--rebuilds", str(self.args.rebuilds),
                 "--edits", str(self.args.edits)] + (["--per-tag"] if per_tag else [])
-        done, other = measure_beside(argv, self.env, timeout_for(size) * 4, cwd=site)
+        done, other = measure_beside(argv, self.env, timeout_for(size) * 4, site,
+                                     self.args.wait_idle)
         run = Rescan(size, per_tag, repeat, ok=False, maxrss_kb=done.maxrss_kb,
                      wall=done.wall, other_cpu=other)
         try:
@@ -311,6 +338,7 @@ class Bench:
                 for scenario in SCENARIOS:
                     order = servers if repeat % 2 else servers[::-1]
                     for server in order:
+                        wait_for_idle(args.wait_idle)
                         load = run_wrk(self.tools["wrk"], server, scenario, self.workdir,
                                        args.wrk_seconds, args.wrk_threads,
                                        args.wrk_connections)
