@@ -38,15 +38,20 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 content_type = next((v for k, v in headers if k == b"content-type"), None)
-                headers += [(b"x-content-type-options", b"nosniff"),
-                            (b"referrer-policy", b"no-referrer"),
-                            (b"x-frame-options", b"DENY"),
-                            (b"content-security-policy",
-                             policy_for(message["status"], content_type).encode())]
-                message["headers"] = headers
+                message["headers"] = headers + security_headers(message["status"],
+                                                                content_type)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def security_headers(status: int, content_type: bytes | None) -> list[tuple[bytes, bytes]]:
+    """Given a response's status and Content-Type, return the headers SecurityHeaders adds
+    (the feeds answered from memory carry them too: web/feedfiles.py)."""
+    return [(b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-security-policy", policy_for(status, content_type).encode())]
 
 
 def policy_for(status: int, content_type: bytes | None) -> str:

@@ -51,9 +51,12 @@ class WebState:
     @classmethod
     def create(cls, settings: Settings, engine: Engine, templates: Environment, secret: str,
                transport: Transport, health: Health | None = None) -> WebState:
+        """Blocking: the feeds are read (from disk into memory) before the first request."""
+        feeds = FeedFiles(settings.output_dir, settings.web.feed_max_age)
+        feeds.refresh()
         return cls(
             settings=settings, engine=engine, templates=templates, tokens=Tokens(secret),
-            csrf=Csrf(secret), transport=transport, feeds=FeedFiles(settings.output_dir),
+            csrf=Csrf(secret), transport=transport, feeds=feeds,
             limits=RequestLimits(secret, settings.web),
             health=health or Health(),
         )
