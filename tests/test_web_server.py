@@ -4,15 +4,21 @@ on a loopback port. Each deadline is set short in the site's config; a socket ti
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
+from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from daemonproc import DaemonSite, PostroomProcess
 from mailserver import MailServer
+from postroom.config import WebSettings
+from postroom.web.server import HEAD_BYTES, run_loop, server_config
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -86,6 +92,59 @@ def test_a_head_sent_a_byte_at_a_time_is_closed(
             raise AssertionError("the server waited for a head that took 2 s or more")
 
 
+def head_of(size: int) -> bytes:
+    """A GET /healthz head of exactly `size` bytes (a padding header makes up the rest)."""
+    start, end = HEAD[:-2] + b"X-Padding: ", b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize("pieces", [1, 4])
+def test_a_head_over_the_limit_is_refused(served: tuple[DaemonSite, PostroomProcess],
+                                          pieces: int) -> None:
+    site, process = served
+    head = head_of(HEAD_BYTES + 1024)
+    with connect(site) as connection:
+        for n in range(pieces):
+            connection.sendall(head[n * len(head) // pieces:(n + 1) * len(head) // pieces])
+        answer = closed_by_the_server(connection)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert process.wait_healthy()["status"] == "ok"
+
+
+def test_an_unfinished_head_is_refused_once_past_the_limit(tmp_path: Path,
+                                                          sink: MailServer) -> None:
+    # One header that never ends, which the parser holds unseen: the bytes received count.
+    # A long deadline here, so only the size limit can close the connection.
+    with DaemonSite.create(tmp_path / "site", smtp_port=sink.port,
+                           web={"header_timeout": 30.0}) as site:
+        process = site.start("serve")
+        process.wait_healthy()
+        piece, sent, refused = b"a" * 65536, 0, False
+        with connect(site) as connection:
+            connection.sendall(HEAD[:-2] + b"X-Padding: ")
+            try:
+                while sent < 64 * 1024 * 1024:
+                    connection.sendall(piece)
+                    sent += len(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                refused = True
+        assert refused, f"the server took {sent:,} bytes of one head"
+        assert process.wait_healthy()["status"] == "ok"
+        assert process.stop() == 0
+
+
+def test_a_head_just_within_the_limit_is_served(
+        served: tuple[DaemonSite, PostroomProcess]) -> None:
+    site, _ = served
+    with connect(site) as connection:
+        connection.sendall(head_of(HEAD_BYTES - 64))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_a_request(
         served: tuple[DaemonSite, PostroomProcess]) -> None:
     site, _ = served
@@ -119,3 +178,14 @@ def test_connections_beyond_max_connections_get_503(tmp_path: Path, sink: MailSe
                 connection.close()
         assert process.wait_healthy()["status"] == "ok"
         assert process.stop() == 0
+
+
+def test_the_server_runs_on_httptools_and_its_loop_on_uvloop() -> None:
+    config = server_config(Starlette(), WebSettings(header_timeout=3.0), "127.0.0.1", 0)
+    assert isinstance(config.http, type) and issubclass(config.http, HttpToolsProtocol)
+    assert config.http.head_timeout == 3.0
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run_loop(loop_type()) is uvloop.Loop
