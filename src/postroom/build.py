@@ -25,6 +25,7 @@ from postroom.buildstate import BuildState, Outcome, load_build_state, save_buil
 from postroom.collection import PostCollection, PostsFolderError, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
+from postroom.ledger import load_ledger, record, save_ledger
 from postroom.output import (
     MANIFEST,
     read_manifest,
@@ -63,6 +64,7 @@ class BuildReport:
     parsed: int = 0
     post_files: int = 0  # good or bad: what the next build compares an empty folder with
     rendered: int = 0  # feed files rendered this build (the rest were known unchanged)
+    notices: list[Problem] = field(default_factory=list)  # worth saying, not problems
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class SiteBuilder:
     rebuilds often). Not thread-safe: one owner (the daemon's builder thread, or the CLI)."""
 
     def __init__(self, settings: Settings, *, use_cache: bool = True,
-                 save_cache_every: float = 0.0) -> None:
+                 save_cache_every: float = 0.0, remember_outcome: bool = True) -> None:
         self.settings = settings
         site = settings.site
         cache = settings.cache_dir
@@ -109,6 +111,11 @@ class SiteBuilder:
                                          cache / "posts.json" if use_cache else None,
                                          save_every=save_cache_every)
         self.state_file = cache / "feeds.json" if use_cache else None
+        self._ledger_loaded = False
+        # For the next CLI build's "nothing changed" answer; a daemon has no use for it.
+        self.remember_outcome = remember_outcome
+        self._recorded: tuple[Scan, int] | None = None  # the scan and count last recorded
+        self._recorded_posts: set[Post] = set()
         self.last_scan: Scan | None = None
         self._renderer: Renderer | None = None
         self._rendered: dict[Post, RenderedPost] = {}
@@ -240,6 +247,9 @@ class SiteBuilder:
             unchanged = self._nothing_changed(now)
             if unchanged is not None:
                 return unchanged
+        if not self._ledger_loaded:
+            self.collection.ledger = load_ledger(self.settings.ledger_file)
+            self._ledger_loaded = True
         try:
             scan = self.collection.scan()
         except PostsFolderError as err:
@@ -254,9 +264,11 @@ class SiteBuilder:
         self.last_scan = scan
         planned = self.plan(scan, now)
         report = BuildReport(problems=scan.problems, parsed=scan.parsed, post_files=scan.files,
-                             published=len(scan.published(now)))
+                             published=len(scan.published(now)), notices=scan.notices)
         renders = self.renders
         if write:
+            # Before any reader can see a new ID: recorded, then published.
+            self._record_ids(scan, now)
             self._write(report, planned, scan, now)
         else:
             report.feeds = {name: self.feed_bytes(name, p) for name, p in planned}
@@ -284,10 +296,30 @@ class SiteBuilder:
             published=outcome.published, post_files=outcome.post_files, unchanged=names,
             feeds=FeedBytes(folder, {}, names),
             problems=[Problem(Path(path), line, message)
-                      for path, line, message in outcome.problems])
+                      for path, line, message in outcome.problems],
+            notices=[Problem(Path(path), line, message)
+                     for path, line, message in outcome.notices])
+
+    def _record_ids(self, scan: Scan, now: datetime) -> None:
+        published = scan.published(now)
+        if self._recorded == (scan, len(published)):
+            return  # nothing new since the last record
+        ledger = self.collection.ledger
+        # Only posts not recorded by this builder yet (unchanged posts are the same objects).
+        fresh = [p for p in published if p not in self._recorded_posts]
+        recorded = record(ledger, fresh, self.settings.site.host, self.settings.posts_dir)
+        if recorded is not ledger:
+            save_ledger(self.settings.ledger_file, recorded)
+            self.collection.ledger = recorded
+        self._recorded = (scan, len(published))
+        if len(self._recorded_posts) > 2 * len(published):
+            self._recorded_posts = set(published)  # forget edited posts' old versions
+        else:
+            self._recorded_posts.update(fresh)
 
     def _outcome(self, scan: Scan, report: BuildReport, now: datetime) -> Outcome | None:
-        if self.state_file is None or self.collection.newest_mtime_ns() > time.time_ns() - RACY_NS:
+        if self.state_file is None or not self.remember_outcome or \
+                self.collection.newest_mtime_ns() > time.time_ns() - RACY_NS:
             # A post written within the clock's grain could change again unseen by its
             # size and mtime: the next build reads the folder rather than trust them.
             return None
@@ -296,7 +328,8 @@ class SiteBuilder:
         return Outcome(walk=walk, stamp=self._stamp,
                        until=min(upcoming).isoformat() if upcoming else None,
                        published=report.published, post_files=report.post_files,
-                       problems=[(str(p.path), p.line, p.message) for p in report.problems])
+                       problems=[(str(p.path), p.line, p.message) for p in report.problems],
+                       notices=[(str(p.path), p.line, p.message) for p in report.notices])
 
     def _last_state(self) -> BuildState:
         # Read once: from then on this builder is what changes the output folder (another

@@ -26,6 +26,7 @@ class Outcome:
     published: int
     post_files: int
     problems: list[tuple[str, int, str]] = field(default_factory=list)
+    notices: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ def save_build_state(file: Path, output: Path, state: BuildState) -> bool:
 
 
 def _outcome(recorded: dict[str, Any]) -> Outcome:
-    problems = [(str(path), int(line), str(message))
-                for path, line, message in recorded.pop("problems")]
-    return Outcome(**recorded, problems=problems)
+    def said(kind: str) -> list[tuple[str, int, str]]:
+        return [(str(path), int(line), str(message))
+                for path, line, message in recorded.pop(kind, [])]
+
+    problems, notices = said("problems"), said("notices")
+    return Outcome(**recorded, problems=problems, notices=notices)

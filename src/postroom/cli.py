@@ -144,6 +144,13 @@ def print_problems(problems: list[Problem]) -> None:
         click.echo(str(problem), err=True)
 
 
+def print_notices(notices: list[Problem]) -> None:
+    """Say what the author should know that is not a problem (exit code unchanged)."""
+    for notice in notices:
+        where = f"{notice.path}:{notice.line}" if notice.line > 0 else str(notice.path)
+        click.echo(f"{where}: note: {notice.message}", err=True)
+
+
 @main.command()
 @click.option("--allow-empty", is_flag=True,
               help="Write empty feeds even though the last build had posts.")
@@ -163,6 +170,7 @@ def build(ctx: Context, allow_empty: bool) -> None:
     except OSError as err:  # a full disk, say: exit 3, naming the folder
         raise OutputError.of(settings.output_dir, err) from err
     print_problems(report.problems)
+    print_notices(report.notices)
     ctx.say(_summary(report, settings))
     if ctx.verbosity > 0:
         for name in report.written:
@@ -191,6 +199,7 @@ def check(ctx: Context) -> None:
     settings = ctx.settings()
     report = SiteBuilder(settings).build(datetime.now(UTC), write=False)
     print_problems(report.problems)
+    print_notices(report.notices)
     ctx.say(f"{report.published} published posts, {len(report.problems)} problem(s)")
     sys.exit(EXIT_PROBLEMS if report.problems else EXIT_OK)
 

@@ -7,13 +7,15 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from functools import cached_property
 from pathlib import Path
 
 from postroom.errors import PostroomError, Problem
+from postroom.ledger import Ledger, apply_ledger
 from postroom.parsecache import FileKey, load_parse_cache, save_parse_cache
 from postroom.posts import ParsedFile, Post, is_post_file, read_post_file
 
@@ -34,6 +36,7 @@ class Scan:
     changed: bool
     parsed: int = 0  # files actually read and parsed this pass (the rest came from the cache)
     files: int = 0  # post files found, good or bad
+    notices: list[Problem] = field(default_factory=list)  # said, but not problems
 
     @cached_property
     def _newest_first(self) -> list[Post]:
@@ -72,6 +75,7 @@ class PostCollection:
     _saved_at: float = float("-inf")
     _last: Scan | None = None
     _loaded: bool = False
+    ledger: Ledger = field(default_factory=Ledger)  # the published entry IDs
 
     def scan(self) -> Scan:
         """Return the collection as it is on disk now, or raise PostsFolderError."""
@@ -92,11 +96,12 @@ class PostCollection:
         if time.monotonic() - self._saved_at >= self.save_every:
             self.save()
         outcomes = [outcome for _, outcome in seen.values()]
-        posts, problems = check_unique(
-            [o.post for o in outcomes if o.post is not None], self.host
-        )
+        applied = apply_ledger(self.ledger, [o.post for o in outcomes if o.post is not None],
+                               self.host, self.folder)
+        posts, problems = check_unique(applied.posts, self.host, applied.was_published)
         problems += [p for o in outcomes for p in o.problems]
-        self._last = Scan(posts, sorted(problems), changed=True, parsed=parsed, files=len(seen))
+        self._last = Scan(posts, sorted(problems), changed=True, parsed=parsed, files=len(seen),
+                          notices=applied.notices)
         return self._last
 
     def fingerprint(self, *, of_last_scan: bool = False) -> tuple[str, int]:
@@ -234,25 +239,33 @@ def newest_first(posts: Iterable[Post]) -> list[Post]:
     return sorted(posts, key=lambda p: (p.instant, p.slug), reverse=True)
 
 
-def check_unique(posts: Sequence[Post], host: str) -> tuple[list[Post], list[Problem]]:
-    """Keep the first post (oldest, then by path) of each slug and entry ID; report the others.
+def check_unique(posts: Sequence[Post], host: str,
+                 published: Callable[[Post], bool] = lambda post: False
+                 ) -> tuple[list[Post], list[Problem]]:
+    """Keep the first post of each slug and entry ID; report the others. First: a post the
+    ledger says was published under its ID (`published`), then the oldest, then by path.
 
-    The older post keeps its slug because it is the one readers have already seen.
+    That post keeps its slug and ID because it is the one readers have already seen.
     """
-    kept: list[Post] = []
+    if len({p.slug for p in posts}) == len({p.entry_id(host) for p in posts}) == len(posts):
+        return list(posts), []  # every slug and ID once: the common case, in two passes
+    slugs = Counter(p.slug for p in posts)
+    ids = Counter(p.entry_id(host) for p in posts)
+    contested = [p for p in posts if slugs[p.slug] > 1 or ids[p.entry_id(host)] > 1]
+    kept = [p for p in posts if slugs[p.slug] == 1 and ids[p.entry_id(host)] == 1]
     problems: list[Problem] = []
-    slugs: dict[str, Post] = {}
-    ids: dict[str, Post] = {}
-    for post in sorted(posts, key=lambda p: (p.instant, str(p.path))):
+    first_slug: dict[str, Post] = {}
+    first_id: dict[str, Post] = {}
+    for post in sorted(contested, key=lambda p: (not published(p), p.instant, str(p.path))):
         entry_id = post.entry_id(host)
-        if post.slug in slugs:
-            other = slugs[post.slug].path
+        if post.slug in first_slug:
+            other = first_slug[post.slug].path
             problems.append(Problem(post.path, 1, f"slug {post.slug!r} is already used by {other}"))
-        elif entry_id in ids:
-            other = ids[entry_id].path
+        elif entry_id in first_id:
+            other = first_id[entry_id].path
             message = f"entry id {entry_id!r} is already used by {other}"
             problems.append(Problem(post.path, 1, message))
         else:
-            slugs[post.slug], ids[entry_id] = post, post
+            first_slug[post.slug], first_id[entry_id] = post, post
             kept.append(post)
     return kept, problems

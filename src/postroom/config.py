@@ -127,6 +127,9 @@ class PathSettings(Section):
     templates: LaxPath = Path("templates")
     # What postroom keeps between runs to save work (the parsed posts); safe to delete.
     cache: LaxPath = Path("var/cache")
+    # Every entry ID postroom has published, so none ever changes (back it up with the
+    # database; it may as well live in the blog's git).
+    ledger: LaxPath = Path("var/entry-ids.json")
 
 
 class FeedSettings(Section):
@@ -334,6 +337,10 @@ class Settings(Section):
     @property
     def cache_dir(self) -> Path:
         return self.path(self.paths.cache)
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.path(self.paths.ledger)
 
     @property
     def public_url(self) -> str:

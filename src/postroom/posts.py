@@ -95,6 +95,15 @@ class Post:
     # Only when parsed from bytes with keep_body (tests, previews): never compared.
     body: str | None = field(default=None, compare=False, repr=False)
 
+    def __hash__(self) -> int:
+        # Consistent with equality (equal posts have the same file, version and pinned ID),
+        # and computed once: posts are set members and dict keys on every rescan.
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash((str(self.path), self.version, self.pinned_id))
+
     def is_published(self, now: datetime) -> bool:
         """Given the current time, return whether the post is public (not a draft, not future)."""
         return not self.draft and self.published <= now
