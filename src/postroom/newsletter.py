@@ -149,8 +149,8 @@ async def send_outbox(
     if sender.gave_up:
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnavailable(
-            f"gave up sending: the database {where} stayed unavailable for over "
-            f"{give_up_after:g} s ({sender.gave_up}); sent {stats.sent}. "
+            f"gave up sending: the database stayed unavailable for over {give_up_after:g} s "
+            f"({sender.gave_up}; {where}); sent {stats.sent}. "
             f"{sender.unrecorded} outcome(s) could not be recorded: those deliveries go out "
             "again, with the same Message-ID, with the next `postroom digest send` on this "
             f"host (or anywhere once their lease of {settings.smtp.lease_seconds:g} s ends); "
