@@ -10,6 +10,7 @@ renders nothing. Markdown, feedgen and Jinja are imported only when something is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ from postroom.buildstate import BuildState, Outcome, load_build_state, save_buil
 from postroom.collection import PostCollection, PostsFolderError, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
+from postroom.feedhistory import History, archive_history, archive_pages, archive_path
 from postroom.ledger import load_ledger, record, save_ledger
 from postroom.output import (
     MANIFEST,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STYLESHEET = "feed.xsl"
+ARCHIVED = ("atom", "rss")  # the formats RFC 5005 history applies to
 # Rescans when a post changes while its body is being read (an editor saving as we build).
 ATTEMPTS = 3
 # postroom's own files whose code shapes a feed's bytes: a change to them is a new key.
@@ -74,6 +77,7 @@ class PlannedFeed:
     spec: FeedSpec | None  # None: the XSL stylesheet
     entries: tuple[Post, ...]
     key: str
+    archive: bool = False  # an RFC 5005 archive page: its renderings are not kept
 
 
 class FeedBytes(Mapping[str, bytes]):
@@ -156,18 +160,58 @@ class SiteBuilder:
         for post in published:
             for tag in post.tags:
                 names.setdefault(tag_slug(tag), tag)
-        chosen = _newest_per_tag(published, limit, self.settings.feeds.per_tag)
+        chosen, totals = _newest_per_tag(published, limit, self.settings.feeds.per_tag)
+        pages = archive_pages(published, limit) if self.settings.feeds.archives else []
         planned: list[tuple[str, PlannedFeed]] = []
         for spec, scope in plan_feeds(self.settings, sorted(names.values(), key=tag_slug)):
-            entries = tuple(chosen.get(_slug_of(scope), ()))
-            planned.append((spec.path, PlannedFeed(spec, entries, self._key(spec.path, entries))))
+            slug = _slug_of(scope)
+            entries = tuple(chosen.get(slug, ()))
+            spec = self._with_history(spec, totals.get(slug, 0), len(pages))
+            planned.append((spec.path, self._planned(spec, entries)))
+            if scope is None and spec.format in ARCHIVED and pages:
+                planned += self._archives(spec, pages)
         if any(fmt in ("atom", "rss") for fmt in self.settings.feeds.formats):
             planned.append((STYLESHEET, PlannedFeed(None, (), self._stylesheet_key())))
         self._plan = (scan, len(published), planned)
         return planned
 
-    def _key(self, path: str, entries: Sequence[Post]) -> str:
-        digest = hashlib.sha256(f"{self._stamp}\0{path}".encode())
+    def _planned(self, spec: FeedSpec, entries: tuple[Post, ...], archive: bool = False
+                 ) -> PlannedFeed:
+        key = self._key(spec.path, entries, repr(spec.history))
+        return PlannedFeed(spec, entries, key, archive)
+
+    def _with_history(self, spec: FeedSpec, total: int, pages: int) -> FeedSpec:
+        """A feed that shows every post says so; with archives, the main feed links to the
+        newest one (RFC 5005). JSON Feed has neither."""
+        if spec.format not in ARCHIVED:
+            return spec
+        if total <= self.settings.feeds.entries:
+            return dataclasses.replace(spec, history=History("complete"))
+        if pages and spec.path.startswith("feed."):
+            newest = self._archive_url(pages, spec.format)
+            return dataclasses.replace(spec, history=History(None, (("prev-archive", newest),)))
+        return spec
+
+    def _archives(self, main: FeedSpec, pages: list[list[Post]]) -> list[tuple[str, PlannedFeed]]:
+        """The archive documents of the main feed in its format, oldest page first."""
+        planned = []
+        for number, page in enumerate(pages, start=1):
+            path = archive_path(number, main.format)
+            spec = dataclasses.replace(
+                main, path=path, self_url=f"{self.settings.feeds_url}/{path}",
+                # Not "of N": a new page would change every archive.
+                title=f"{main.title} (archive {number})",
+                history=archive_history(number, len(pages),
+                                        lambda n: self._archive_url(n, main.format),
+                                        main.self_url))
+            planned.append((path, self._planned(spec, tuple(page), archive=True)))
+        return planned
+
+    def _archive_url(self, page: int, fmt: str) -> str:
+        return f"{self.settings.feeds_url}/{archive_path(page, fmt)}"
+
+    def _key(self, path: str, entries: Sequence[Post], extra: str = "") -> str:
+        digest = hashlib.sha256(f"{self._stamp}\0{path}\0{extra}".encode())
         for post in entries:
             digest.update(f"\0{post.path}\0{post.version[0]}\0{post.version[1]}".encode())
         return digest.hexdigest()
@@ -192,7 +236,12 @@ class SiteBuilder:
         else:
             from postroom.feeds import render_feed
 
-            data = render_feed(planned.spec, [self.rendered(p) for p in planned.entries])
+            if planned.archive:  # rendered once in a long while: not worth the memory
+                rendered = [self._rendered.get(p) or self.renderer.render(self.settings, p)
+                            for p in planned.entries]
+            else:
+                rendered = [self.rendered(p) for p in planned.entries]
+            data = render_feed(planned.spec, rendered)
         self._bytes[name] = (planned.key, data)
         self.renders += 1
         return data
@@ -213,7 +262,7 @@ class SiteBuilder:
 
     def _forget_unused(self, planned: list[tuple[str, PlannedFeed]]) -> None:
         # Memory follows the feeds' size: renderings of posts that left every feed go.
-        used = {post for _, p in planned for post in p.entries}
+        used = {post for _, p in planned if not p.archive for post in p.entries}
         if len(self._rendered) > len(used):
             self._rendered = {p: r for p, r in self._rendered.items() if p in used}
         names = {name for name, _ in planned}
@@ -381,17 +430,20 @@ class SiteBuilder:
 
 
 def _newest_per_tag(published: Sequence[Post], limit: int, per_tag: bool
-                    ) -> dict[str | None, list[Post]]:
-    """Return the newest `limit` posts overall (key None) and per tag slug, in one pass."""
+                    ) -> tuple[dict[str | None, list[Post]], dict[str | None, int]]:
+    """Return the newest `limit` posts overall (key None) and per tag slug, and how many
+    posts each has, in one pass."""
     chosen: dict[str | None, list[Post]] = {None: list(published[:limit])}
+    totals: dict[str | None, int] = {None: len(published)}
     if not per_tag:
-        return chosen
+        return chosen, totals
     for post in published:
         for slug in post.tag_slugs:
             entries = chosen.setdefault(slug, [])
+            totals[slug] = totals.get(slug, 0) + 1
             if len(entries) < limit:
                 entries.append(post)
-    return chosen
+    return chosen, totals
 
 
 def _slug_of(tag: str | None) -> str | None:

@@ -141,6 +141,9 @@ class FeedSettings(Section):
     entries: int = Field(default=20, ge=1, le=10_000)
     content: Literal["full", "summary"] = "full"
     per_tag: bool = True
+    # RFC 5005 archives: pages of `entries` posts from the oldest, so a reader can fetch
+    # the whole history (archive/1.atom …); the feeds link to them. Atom and RSS.
+    archives: bool = False
     summary_length: int = Field(default=300, ge=40, le=5_000)
     # Where the feeds are served; defaults to the site's base URL.
     url: str | None = None

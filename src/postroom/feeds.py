@@ -18,6 +18,8 @@ from feedgen.feed import FeedGenerator
 
 from postroom import __version__
 from postroom.config import FeedFormat, Settings
+from postroom.feedhistory import History
+from postroom.historyext import add_history
 from postroom.posts import tag_slug
 from postroom.render import RenderedPost
 
@@ -49,6 +51,7 @@ class FeedSpec:
     author_url: str | None
     full_content: bool
     stylesheet: str | None = None  # XSL shown by browsers that open the feed
+    history: History | None = None  # RFC 5005: complete, or an archive, and its links
 
 
 def plan_feeds(settings: Settings, tags: Sequence[str]) -> list[tuple[FeedSpec, str | None]]:
@@ -85,6 +88,8 @@ def render_feed(spec: FeedSpec, entries: Sequence[RenderedPost]) -> bytes:
     if spec.format == "json":
         return _json_feed(spec, entries)
     generator = _feed_generator(spec, entries)
+    if spec.history is not None:
+        add_history(generator, spec.history)
     if spec.format == "atom":
         xml = bytes(generator.atom_str(pretty=True, encoding="UTF-8"))
     else:
