@@ -348,7 +348,9 @@ def expected_shipped(post: ShippedPost) -> Expected:
 @pytest.fixture(scope="module")
 def shipped_feeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     output = tmp_path_factory.mktemp("shipped-public")
-    env = {"POSTROOM__PATHS__OUTPUT": str(output)}
+    state = tmp_path_factory.mktemp("shipped-var")  # not the repository's var/
+    env = {"POSTROOM__PATHS__OUTPUT": str(output), "POSTROOM__PATHS__CACHE": str(state),
+           "POSTROOM__PATHS__LEDGER": str(state / "entry-ids.json")}
     settings = load_settings(REPO / "config.example.toml", env=env)
     report = SiteBuilder(settings).build(NOW)
     assert report.problems == []

@@ -74,7 +74,9 @@ def test_feeds_carry_each_summary_exactly(
     seed: tuple[str, list[tuple[date, str]]], tmp_path: Path
 ) -> None:
     _, entries = seed
-    env = {"POSTROOM__PATHS__OUTPUT": str(tmp_path), "POSTROOM__FEEDS__ENTRIES": "100"}
+    env = {"POSTROOM__PATHS__OUTPUT": str(tmp_path / "public"), "POSTROOM__FEEDS__ENTRIES": "100",
+           "POSTROOM__PATHS__CACHE": str(tmp_path / "cache"),  # not the repository's var/
+           "POSTROOM__PATHS__LEDGER": str(tmp_path / "entry-ids.json")}
     report = SiteBuilder(load_settings(REPO / "config.example.toml", env=env)).build(NOW)
     assert report.problems == []
     assert report.published == len(entries)
@@ -83,10 +85,14 @@ def test_feeds_carry_each_summary_exactly(
         assert Counter((e.published.date(), e.summary) for e in feed.entries) == Counter(entries)
 
 
-def test_postroom_check_finds_no_problems(postroom_command: str, clean_env: dict[str, str]) -> None:
+def test_postroom_check_finds_no_problems(postroom_command: str, clean_env: dict[str, str],
+                                          tmp_path: Path) -> None:
+    # The ledger of this run's own: one left in the repository's var/ by `make run` with
+    # other posts would add notes.
+    env = {**clean_env, "POSTROOM__PATHS__LEDGER": str(tmp_path / "entry-ids.json")}
     result = subprocess.run(
         [postroom_command, "check", "--config", "config.example.toml"],
-        cwd=REPO, env=clean_env, capture_output=True, text=True, timeout=60,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.strip() == "40 published posts, 0 problem(s)"
