@@ -154,8 +154,10 @@ def print_notices(notices: list[Problem]) -> None:
 @main.command()
 @click.option("--allow-empty", is_flag=True,
               help="Write empty feeds even though the last build had posts.")
+@click.option("--no-ping", is_flag=True,
+              help="Do not tell the WebSub hub (feeds.hub) which feeds changed.")
 @common_options
-def build(ctx: Context, allow_empty: bool) -> None:
+def build(ctx: Context, allow_empty: bool, no_ping: bool) -> None:
     """Scan the posts and write the feeds that changed.
 
     A missing posts folder, or an empty one where the last build had posts, is an error
@@ -177,7 +179,30 @@ def build(ctx: Context, allow_empty: bool) -> None:
             click.echo(f"  wrote {settings.output_dir / name}")
         for name in report.removed:
             click.echo(f"  removed {settings.output_dir / name}")
+    if not no_ping:
+        tell_hub(ctx, settings, report)
     sys.exit(EXIT_PROBLEMS if report.problems else EXIT_OK)
+
+
+def tell_hub(ctx: Context, settings: Settings, report: BuildReport) -> None:
+    """Tell the WebSub hub which feeds the build wrote, in one line; a hub that does not
+    take it is a warning, never a failed build."""
+    if settings.feeds.hub is None:
+        return
+    from postroom import websub
+
+    pings = websub.pings_for(settings, report.written)
+    if not pings:
+        return
+    notifier = websub.publish_blocking(pings)
+    missed = [p for p in pings if p not in notifier.delivered]
+    if not missed:
+        ctx.say(f"told the WebSub hub {settings.feeds.hub} of {len(pings)} changed feed(s)")
+        return
+    why = notifier.failures.get(missed[0], "no answer in time")
+    click.echo(f"postroom: warning: the WebSub hub {settings.feeds.hub} was not told of "
+               f"{len(missed)} of {len(pings)} changed feed(s) ({why}); its subscribers "
+               f"learn of them when they poll, or at the feeds' next change", err=True)
 
 
 def _summary(report: BuildReport, settings: Settings) -> str:

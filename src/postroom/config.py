@@ -56,6 +56,17 @@ def check_absolute_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_hub_url(value: str) -> str:
+    """Given a hub's URL, return it as written, or raise if it is not absolute http(s) or
+    could not be put in a Link header or an XML attribute as it is."""
+    check_absolute_url(value)
+    # It goes into `Link: <…>` and href="…" verbatim: only printable ASCII, no <, > or ".
+    if any(not 32 < ord(c) < 127 or c in '<>"' for c in value):
+        raise ValueError(f"{value!r} is not a URL as a header can carry it (percent-encode "
+                         "spaces and non-ASCII characters)")
+    return value  # a trailing slash may matter to the hub: kept as written
+
+
 def check_address(value: str) -> str:
     """Given an email address from the config, return it as ASCII, or raise if invalid."""
     try:
@@ -147,11 +158,18 @@ class FeedSettings(Section):
     summary_length: int = Field(default=300, ge=40, le=5_000)
     # Where the feeds are served; defaults to the site's base URL.
     url: str | None = None
+    # A WebSub hub: the feeds advertise it, and it is told when a feed changes.
+    hub: str | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else check_absolute_url(value)
+
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, value: str | None) -> str | None:
+        return None if value is None else check_hub_url(value)
 
 
 class DatabaseSettings(Section):

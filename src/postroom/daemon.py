@@ -31,6 +31,7 @@ from postroom.watch import watch_folder
 from postroom.web import create_app
 from postroom.web.server import server_config
 from postroom.web.state import Health, WebState
+from postroom.websub import HubNotifier, pings_for
 
 log = logging.getLogger(__name__)
 LAST_DIGEST_KEY = "digest_last_run"
@@ -109,6 +110,7 @@ class Daemon:
         self.builder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-builder")
         self.sends = Rerunner(self._send, "send")
         self.rebuilds = Rerunner(self._rebuild, "rebuild")
+        self.hub_pings = HubNotifier()  # tells the WebSub hub, in its own tasks
         self.changed_posts: set[Path] = set()  # told by the watcher, for the next rebuild
         self.watch_stop = asyncio.Event()  # set to stop (or, on reload, restart) watching
         self.jobs: set[asyncio.Task[Any]] = set()
@@ -174,6 +176,12 @@ class Daemon:
         if report.written or report.removed:
             log.info("feeds rebuilt: %d published posts, %d file(s) written, %d removed",
                      report.published, len(report.written), len(report.removed))
+            # Served before the hub hears of them: a hub fetches the feeds it is told of.
+            # (A failure is the web app's to report: its own refresh says it each second.)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.web.feeds.refresh)
+        # Returns at once: the hub is told (and retried) in tasks of the notifier's own.
+        self.hub_pings.publish(pings_for(self.settings, report.written))
         # A post dated in the future is published at its date, not at the next rescan.
         if upcoming and self.scheduler is not None and not self.stopping.is_set():
             self.scheduler.add_job(self._job(self.rebuild), "date", run_date=upcoming,
@@ -293,6 +301,7 @@ class Daemon:
                 await self.digest()
             await self.send()
             await self.expire()
+            await self.hub_pings.aclose(self.settings.daemon.shutdown_grace)
         self.builder_thread.shutdown()
 
     async def run_forever(self) -> None:
@@ -312,7 +321,10 @@ class Daemon:
                 self._spawn(self._job(self.digest)(), "overdue-digest")
             await self.stopping.wait()
             self.watch_stop.set()
+            # The hub's requests in flight share the grace period with the jobs.
+            hub_by = asyncio.get_running_loop().time() + self.settings.daemon.shutdown_grace
             await self._stop_jobs()
+            await self.hub_pings.aclose(hub_by - asyncio.get_running_loop().time())
             server.should_exit = True
             await serving
             if watching:

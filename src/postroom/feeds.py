@@ -51,6 +51,7 @@ class FeedSpec:
     author_url: str | None
     full_content: bool
     stylesheet: str | None = None  # XSL shown by browsers that open the feed
+    hub: str | None = None  # the WebSub hub the feed advertises (rel="hub")
     history: History | None = None  # RFC 5005: complete, or an archive, and its links
 
 
@@ -78,6 +79,7 @@ def plan_feeds(settings: Settings, tags: Sequence[str]) -> list[tuple[FeedSpec, 
                 full_content=feeds.content == "full",
                 # Path-absolute: browsers apply only a same-origin stylesheet.
                 stylesheet=f"{urlsplit(settings.feeds_url).path}/{STYLESHEET}",
+                hub=feeds.hub,
             )
             plans.append((spec, tag))
     return plans
@@ -93,8 +95,22 @@ def render_feed(spec: FeedSpec, entries: Sequence[RenderedPost]) -> bytes:
     if spec.format == "atom":
         xml = bytes(generator.atom_str(pretty=True, encoding="UTF-8"))
     else:
-        xml = bytes(generator.rss_str(pretty=True, encoding="UTF-8"))
+        xml = _with_rss_hub(bytes(generator.rss_str(pretty=True, encoding="UTF-8")), spec.hub)
     return _with_stylesheet(xml, spec.stylesheet)
+
+
+def _with_rss_hub(xml: bytes, hub: str | None) -> bytes:
+    """Insert an atom:link rel="hub" after the channel's atom:link rel="self" (feedgen
+    writes only the self link into RSS)."""
+    if not hub:
+        return xml
+    start = xml.index(b"<atom:link ")
+    while b'rel="self"' not in xml[start:xml.index(b"/>", start)]:
+        start = xml.index(b"<atom:link ", start + 1)
+    end = xml.index(b"/>", start) + 2
+    indent = xml[xml.rindex(b"\n", 0, start):start]
+    link = f'<atom:link href="{html.escape(hub)}" rel="hub"/>'.encode()
+    return xml[:end] + indent + link + xml[end:]
 
 
 def _with_stylesheet(xml: bytes, href: str | None) -> bytes:
@@ -121,6 +137,8 @@ def _feed_generator(spec: FeedSpec, entries: Sequence[RenderedPost]) -> FeedGene
         fg.description(spec.subtitle or spec.title)
     # Order matters: feedgen takes RSS's <link> from the last link set, and it must be the site.
     fg.link(href=spec.self_url, rel="self", type=MEDIA_TYPES[spec.format])
+    if spec.hub and spec.format == "atom":
+        fg.link(href=spec.hub, rel="hub")  # WebSub discovery; RSS: _with_rss_hub
     fg.link(href=spec.home_url, rel="alternate", type="text/html")
     fg.language(spec.language)
     fg.author(_author_dict(spec.author_name, spec.author_email, spec.author_url))
@@ -182,6 +200,8 @@ def _json_feed(spec: FeedSpec, entries: Sequence[RenderedPost]) -> bytes:
     }
     if spec.subtitle:
         feed["description"] = spec.subtitle
+    if spec.hub:
+        feed["hubs"] = [{"type": "WebSub", "url": spec.hub}]
     text = json.dumps(feed, ensure_ascii=False, indent=2)
     return (text + "\n").encode("utf-8")
 

@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -100,8 +100,10 @@ class FeedFiles:
     under a lock so that two refreshes never read the folder at once.
     """
 
-    def __init__(self, folder: Path, max_age: int) -> None:
+    def __init__(self, folder: Path, max_age: int,
+                 links: Callable[[str], str | None] = lambda name: None) -> None:
         self.folder, self.max_age = folder, max_age
+        self.links = links  # a served name → its Link header (WebSub's hub and self), or None
         self.snapshot: Mapping[str, FeedFile] = {}
         self._refreshing = threading.Lock()
 
@@ -121,7 +123,7 @@ class FeedFiles:
             for name, path, version in served_files(self.folder):
                 current = old.get(name)
                 if current is None or current.version != version:
-                    current = read_feed_file(path, self.max_age, current)
+                    current = read_feed_file(path, self.max_age, current, self.links(name))
                 if current is not None:
                     new[name] = current
             changed = new.keys() != old.keys() or any(new[n] is not old[n] for n in new)
@@ -180,9 +182,11 @@ def _regular_file(path: Path) -> os.stat_result | None:
     return found if found is not None and stat.S_ISREG(found.st_mode) else None
 
 
-def read_feed_file(path: Path, max_age: int, previous: FeedFile | None = None) -> FeedFile | None:
+def read_feed_file(path: Path, max_age: int, previous: FeedFile | None = None,
+                   link: str | None = None) -> FeedFile | None:
     """Given a served file's path, return it read with its answers made, or None if it is
-    gone. Blocking. The gzip body of `previous` is reused when the bytes are the same."""
+    gone. Blocking. The gzip body of `previous` is reused when the bytes are the same;
+    `link` is a Link header for its 200s and 304s."""
     try:
         with open(path, "rb") as file:
             # The version of the bytes read: a file replaced after the listing is read whole
@@ -202,6 +206,8 @@ def read_feed_file(path: Path, max_age: int, previous: FeedFile | None = None) -
         etag = f'"{digest}-gz"' if zipped else f'"{digest}"'
         common = [(b"etag", etag.encode("ascii")), (b"last-modified", last_modified),
                   (b"cache-control", f"public, max-age={max_age}".encode("ascii"))]
+        if link:
+            common.append((b"link", link.encode("ascii")))
         not_modified = _reply(304, common, None, b"")
         for browser in (False, True):
             media_type = BROWSER_XML if browser and suffix in BROWSER_SUFFIXES \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from postroom.transport import Transport
 from postroom.web.csrf import Csrf
 from postroom.web.feedfiles import FeedFiles
 from postroom.web.limits import RequestLimits
+from postroom.websub import link_header
 
 
 @dataclass
@@ -52,7 +54,8 @@ class WebState:
     def create(cls, settings: Settings, engine: Engine, templates: Environment, secret: str,
                transport: Transport, health: Health | None = None) -> WebState:
         """Blocking: the feeds are read (from disk into memory) before the first request."""
-        feeds = FeedFiles(settings.output_dir, settings.web.feed_max_age)
+        feeds = FeedFiles(settings.output_dir, settings.web.feed_max_age,
+                          functools.partial(link_header, settings))
         feeds.refresh()
         return cls(
             settings=settings, engine=engine, templates=templates, tokens=Tokens(secret),
