@@ -115,16 +115,19 @@ def httptools_protocol() -> type[Any] | None:
         head larger than HEAD_BYTES refused with 431 (httptools has no limit of its own).
 
         The head's size is counted as the parser hands it over (the URL as it comes, each
-        header once whole). A header still coming is held by the parser unseen: so the
-        bytes received after the read a head began in count too, and once they pass the
-        limit the head is refused however little of it was seen. A connection never holds
-        more than one read (at most 256 KB) and HEAD_BYTES of an unfinished head.
+        header once whole). A header still coming is held by the parser unseen, so while a
+        head is unfinished the bytes received count too, from the start of the read it
+        began in; if an earlier request ended in that read, where the head began is not
+        known, and they count from the next read. So a connection never holds more than
+        HEAD_BYTES of an unfinished head, or one read (at most 256 KB) and HEAD_BYTES.
         """
 
         _in_head = False
         _head_began = False  # in the read being parsed
+        _message_ended = False  # in the read being parsed
         _head_size = 0  # what the parser handed over
-        _head_bytes_after = 0  # received after the read the head began in
+        _head_from_read_start = False
+        _unfinished_head_bytes = 0  # received since the head began, as far as known
         _refusing = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -132,14 +135,16 @@ def httptools_protocol() -> type[Any] | None:
             self._arm_head_deadline()
 
         def data_received(self, data: bytes) -> None:
-            self._head_began = False
-            continuing = self._in_head
+            self._head_began = self._message_ended = False
             super().data_received(data)
             if self.transport.is_closing():  # refused (400, 431) while parsing
                 return
-            if continuing and self._in_head and not self._head_began:
-                self._head_bytes_after += len(data)
-                if self._head_bytes_after > HEAD_BYTES:
+            if self._in_head:
+                if not self._head_began:
+                    self._unfinished_head_bytes += len(data)
+                elif self._head_from_read_start:
+                    self._unfinished_head_bytes = len(data)
+                if self._unfinished_head_bytes > HEAD_BYTES:
                     self._refuse_large_head()
                     return
             self._follow_head_deadline()
@@ -151,7 +156,8 @@ def httptools_protocol() -> type[Any] | None:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head = self._head_began = True
-            self._head_size = self._head_bytes_after = 0
+            self._head_from_read_start = not self._message_ended
+            self._head_size = self._unfinished_head_bytes = 0
 
         def on_url(self, url: bytes) -> None:
             self._count_head(len(url))
@@ -166,6 +172,10 @@ def httptools_protocol() -> type[Any] | None:
             self._count_head(len(self.parser.get_method()) + 15)
             self._in_head = False
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._message_ended = True
+            super().on_message_complete()
 
         def _count_head(self, size: int) -> None:
             self._head_size += size
