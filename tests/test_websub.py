@@ -23,6 +23,7 @@ from lxml import etree
 
 from daemonproc import DaemonSite, free_port
 from postroom import websub
+from postroom.build import SiteBuilder
 from postroom.config import load_settings
 from postroom.errors import ConfigError
 from postroom.websub import HubNotifier, Ping, RetryPolicy
@@ -114,6 +115,28 @@ def test_a_bad_hub_url_is_refused_at_load_naming_the_key(site: Site, url: str) -
 def test_the_hub_url_is_kept_as_written(site: Site) -> None:
     assert site.configure(feeds={"hub": "https://hub.example/"}).feeds.hub == \
         "https://hub.example/"
+
+
+def test_feed_responses_carry_the_link_header(tmp_path: Path) -> None:
+    """Over HTTP, from memory and through the app (a request with an Origin), 200, 304 and
+    HEAD alike; the stylesheet, not a feed, has none."""
+    with DaemonSite.create(tmp_path / "site", smtp_port=free_port(),
+                           feeds={"hub": "https://hub.example/"}) as site:
+        site.write_post("one", "One", tags=("rust",))
+        SiteBuilder(site.settings()).build(datetime.now(UTC))
+        site.serve_in_process()
+        with httpx.Client(base_url=site.base_url, timeout=10) as client:
+            for name in ("feed.atom", "feed.rss", "feed.json", "tags/rust.rss"):
+                expected = f'<https://hub.example/>; rel="hub", <{site.url("/" + name)}>; ' \
+                           'rel="self"'
+                plain = client.get(f"/{name}")
+                assert plain.status_code == 200 and plain.headers["link"] == expected
+                etag = {"If-None-Match": plain.headers["etag"]}
+                assert client.get(f"/{name}", headers=etag).headers["link"] == expected
+                assert client.head(f"/{name}").headers["link"] == expected
+                cors = client.get(f"/{name}", headers={"Origin": "https://elsewhere.example"})
+                assert cors.status_code == 200 and cors.headers["link"] == expected
+            assert "link" not in client.get("/feed.xsl").headers
 
 
 # ---- what to ping ------------------------------------------------------------------------
