@@ -78,6 +78,10 @@ def measure(argv: Sequence[str], env: Mapping[str, str], timeout: float,
         killer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C: the command runs in its own session, so stop it too
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
         finally:
             killer.cancel()
         wall = time.perf_counter() - started

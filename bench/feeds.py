@@ -3,6 +3,7 @@ one synthetic corpus, its rescans against a stat-only floor, and `postroom serve
 nginx serving the same feed file.
 
     .venv/bin/python bench/feeds.py [--quick] [--repeats 3] [--pelican-repeats 1]
+                                    [--wait-idle 120]
     make bench-feeds
 
 For 1,000 and 10,000 posts, repeated and interleaved: a cold build by postroom, Hugo and
@@ -15,6 +16,8 @@ nginx: plain GETs (200s) and GETs with If-None-Match (304s), with and without gz
 Needs hugo, nginx and wrk (Debian packages hugo, nginx-light, wrk; installed when missing
 and running as root) and Pelican (pip-installed into bench/.cache/pelican-venv). Writes its
 section of bench/RESULTS.md (the other benchmarks' sections stay as they are) and prints it.
+Each row says how busy the rest of the machine was meanwhile ("other cores busy"); on a
+shared machine, --wait-idle waits for a quiet moment before each run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -412,8 +416,13 @@ class Bench:
                                             if busy else ""))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so a `kill` stops the servers and removes the work folder too
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="postroom-bench-feeds-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -425,6 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as err:
         print(f"bench/feeds.py: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench/feeds.py: interrupted; the runs so far are in "
+              f"{args.output}", file=sys.stderr)
+        return 130
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
