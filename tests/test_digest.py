@@ -64,7 +64,8 @@ def rendered(slug: str, published: datetime, entry_id: str | None = None) -> Ren
     return RenderedPost(
         entry_id=entry_id or f"tag:blog.example.org,{published:%Y-%m-%d}:/posts/{slug}",
         url=f"https://blog.example.org/posts/{slug}/", title=slug.title(), published=published,
-        updated=published, summary="", content_html="", tags=(), author=None,
+        updated=published, summary="", summary_html="", summary_markdown="", content_html="",
+        tags=(), author=None,
     )
 
 

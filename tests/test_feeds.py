@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from html import escape
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 from zoneinfo import ZoneInfo
@@ -41,6 +42,7 @@ class Expected:
     author: str = "Ahmed"  # the site's author, unless the post names one
     author_email: str | None = None
     content_html: str | None = None  # None: check only that every URL in it is absolute
+    summary_html: str | None = None  # Atom and RSS; None: the summary, escaped
 
 
 def check_entry(feed: Feed, got: Entry, want: Expected) -> None:
@@ -58,6 +60,8 @@ def check_entry(feed: Feed, got: Entry, want: Expected) -> None:
         assert got.updated == want.updated
         assert got.updated.utcoffset() == want.updated.utcoffset()
     assert got.summary == want.summary
+    if feed.format != "json":  # JSON Feed's summary is plain text; Atom's and RSS's HTML
+        assert got.summary_html == (want.summary_html or escape(want.summary, quote=False))
     assert got.authors == [want.author]
     if feed.format != "json":
         assert got.author_emails == ([want.author_email] if want.author_email else [])
@@ -334,13 +338,17 @@ def expected_shipped(post: ShippedPost) -> Expected:
     day = post.front["date"]
     assert isinstance(day, date)
     published = datetime.combine(day, time(), tzinfo=BERLIN)
+    summary = post.front["summary"]
     return Expected(
         id=f"tag:blog.example.org,{day:%Y-%m-%d}:/posts/{post.slug}",
         title=post.front["title"],
         link=f"https://blog.example.org/posts/{post.slug}/",
         published=published,
         updated=published,
-        summary=post.front["summary"],
+        # The summaries' Markdown: **bold** and footnote marks, which no summary keeps.
+        summary=re.sub(r"\[\^\w+\]", "", summary).replace("**", ""),
+        summary_html=escape(re.sub(r"\[\^\w+\]", "", summary), quote=False).replace(
+            "**", "<strong>", 1).replace("**", "</strong>", 1),
         tags=tuple(post.front.get("tags", ())),
     )
 

@@ -10,11 +10,12 @@ from zoneinfo import ZoneInfo
 
 import css_inline
 from jinja2 import Environment
+from markupsafe import Markup
 
 from postroom.config import Settings
 from postroom.message import LINK_PLACEHOLDER, Envelope, PreparedMessage, prepare
 from postroom.posts import clean_text
-from postroom.render import RenderedPost
+from postroom.render import RenderedPost, Renderer
 from postroom.templates import render
 
 _INLINER = css_inline.CSSInliner(keep_style_tags=False)
@@ -28,12 +29,13 @@ class DigestPost:
     slug: str
     title: str
     url: str
-    summary: str
+    summary: str  # inline Markdown: the digest shows it as HTML and as plain text
     published: datetime
 
     @classmethod
     def from_rendered(cls, post: RenderedPost, slug: str) -> DigestPost:
-        return cls(post.entry_id, slug, post.title, post.url, post.summary, post.published)
+        return cls(post.entry_id, slug, post.title, post.url, post.summary_markdown,
+                   post.published)
 
 
 def window_start(
@@ -98,6 +100,7 @@ def digest_context(settings: Settings, posts: Sequence[DigestPost]) -> dict[str,
     """
     zone = settings.site.zone
     listed = posts[-settings.digest.max_posts :]
+    renderer = Renderer()
     return {
         "site": _site(settings),
         "count": len(posts),
@@ -106,7 +109,9 @@ def digest_context(settings: Settings, posts: Sequence[DigestPost]) -> dict[str,
             {
                 "title": post.title,
                 "url": post.url,
-                "summary": post.summary,
+                # Plain text for the text part; HTML (links absolute) for the HTML part.
+                "summary": renderer.summary_text(post.summary),
+                "summary_html": Markup(renderer.summary_html(post.summary, post.url)),
                 "published": post.published.astimezone(zone),
                 "date": long_date(post.published.astimezone(zone)),
             }

@@ -157,12 +157,9 @@ def _add_entry(fg: FeedGenerator, spec: FeedSpec, entry: RenderedPost) -> None:
     fe.link(href=entry.url, rel="alternate", type="text/html")
     fe.published(entry.published)
     fe.updated(entry.updated)
-    summary = entry.summary or entry.title
-    fe.summary(summary)
-    if spec.format == "rss":
-        # RSS's <description> holds HTML (the spec's "entity-encoded HTML"), Atom's <summary>
-        # here holds text: escape it, or a reader shows "a <b> c" with a bold c.
-        fe.description(html.escape(summary, quote=False), isSummary=True)
+    # The summary as HTML: Atom's <summary type="html"> and, through feedgen, RSS's
+    # <description> (the spec's "entity-encoded HTML"). A post without one shows its title.
+    fe.summary(entry.summary_html or html.escape(entry.title, quote=False), type="html")
     if spec.full_content:
         fe.content(entry.content_html, type="html")
     for tag in entry.tags:

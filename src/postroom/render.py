@@ -1,4 +1,4 @@
-"""Markdown → HTML with absolute URLs, plain-text summaries, and a post's public URL."""
+"""Markdown → HTML with absolute URLs, summaries as HTML and as plain text, a post's URL."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from postroom.posts import MORE_MARKER, Author, Post, clean_text
 # Attributes in raw HTML whose value is a URL a feed reader would have to resolve.
 HTML_URL_ATTR = re.compile(r"""(\s(?:href|src)\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 UNPRINTABLE_IN_HTML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# A footnote mark ('[^1]', '[^note]'): a summary stands alone, with no footnotes to point at.
+FOOTNOTE_MARK = re.compile(r"\[\^[^\]\s]+\]")
+# ASCII punctuation, which a backslash makes literal in CommonMark.
+MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,9 @@ class RenderedPost:
     title: str
     published: datetime
     updated: datetime
-    summary: str
+    summary: str  # plain text (JSON Feed, plain-text mail)
+    summary_html: str  # the same summary as inline HTML (Atom, RSS, HTML mail)
+    summary_markdown: str  # what both are made from (a digest keeps it): inline Markdown
     content_html: str
     tags: tuple[str, ...]
     author: Author | None
@@ -65,6 +71,12 @@ class Renderer:
         rules = cast(RendererHTML, self._md.renderer).rules
         for name in ("footnote_ref", "footnote_anchor"):
             self._md.add_render_rule(name, _on_page(rules[name]))
+        # A summary is one line of inline Markdown (emphasis, code, links) and no raw HTML:
+        # it reaches mail and feed readers' lists, where a stray tag does harm.
+        self._inline = (
+            MarkdownIt("commonmark", {"html": False}).enable(["strikethrough"])
+            .use(footnote_plugin)
+        )
 
     def to_html(self, markdown: str, base_url: str) -> str:
         """Given Markdown and the page's URL, return HTML whose links and images are absolute.
@@ -87,6 +99,30 @@ class Renderer:
         text = clean_text(" ".join(_plain_text(t.children or []) for t in inlines))
         return cut_at_word(text, limit)
 
+    def summary_html(self, markdown: str, page_url: str) -> str:
+        """Given a summary in inline Markdown and its post's URL, return it as inline HTML:
+        links absolute, footnote marks dropped."""
+        children = self._summary_tokens(markdown)
+        _absolutize(children, page_url)
+        html = self._inline.renderer.render(children, self._inline.options, {})
+        return UNPRINTABLE_IN_HTML.sub("", html)
+
+    def summary_text(self, markdown: str) -> str:
+        """Given a summary in inline Markdown, return it as plain text on one line: the
+        words of links and emphasis, images' alt text, no marks and no footnote marks."""
+        return clean_text(_plain_text(self._summary_tokens(markdown)))
+
+    def _summary_tokens(self, markdown: str) -> list[Token]:
+        kept: list[Token] = []
+        for inline in self._inline.parseInline(markdown, {})[:1]:
+            for token in inline.children or []:
+                if token.type == "text":
+                    token.content = FOOTNOTE_MARK.sub("", token.content)
+                # An inline footnote ('^[note]') is a footnote_ref: dropped like '[^1]'.
+                if token.type != "footnote_ref":
+                    kept.append(token)
+        return kept
+
     def render(self, settings: Settings, post: Post) -> RenderedPost:
         """Given a post, return it with its URL, entry ID, HTML and summary resolved.
 
@@ -95,17 +131,29 @@ class Renderer:
         url = post_url(settings, post)
         limit = settings.feeds.summary_length
         body = post.read_body()
+        # A summary of the front matter is Markdown; one taken from the body is plain text
+        # (cut to a length), made Markdown that reads back as the same text.
+        summary = post.summary or markdown_escape(self.summary_of(body, limit))
+        text = self.summary_text(summary)
         return RenderedPost(
             entry_id=post.entry_id(settings.site.host),
             url=url,
             title=post.title,
             published=post.published,
             updated=post.updated,
-            summary=post.summary or self.summary_of(body, limit),
+            summary=text,
+            # A summary with no words (only an image, say) is no summary: feeds show the title.
+            summary_html=self.summary_html(summary, url) if text else "",
+            summary_markdown=summary,
             content_html=self.to_html(body, url),
             tags=post.tags,
             author=post.author,
         )
+
+
+def markdown_escape(text: str) -> str:
+    """Given plain text, return Markdown that renders as exactly that text."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 
 def cut_at_word(text: str, limit: int) -> str:
@@ -154,7 +202,9 @@ def _first_paragraph(tokens: Sequence[Token]) -> list[Token]:
 def _plain_text(children: Sequence[Token]) -> str:
     parts: list[str] = []
     for child in children:
-        if child.type in ("text", "code_inline"):
+        if child.type == "text":
+            parts.append(FOOTNOTE_MARK.sub("", child.content))
+        elif child.type == "code_inline":
             parts.append(child.content)
         elif child.type in ("softbreak", "hardbreak"):
             parts.append(" ")
