@@ -117,6 +117,7 @@ class Daemon:
         self.spawned: set[asyncio.Task[None]] = set()
         self.build_error: str | None = None  # the last rebuild's error, logged once
         self.post_problems: set[str] = set()  # the problems the last rebuild reported
+        self.post_notices: set[str] = set()  # and its notices (kept IDs, posts gone)
         self._apply(*self._parts_blocking(settings, open_database(settings)))
         # Without digest.since, the first digest starts when postroom first saw the posts:
         # for a daemon that is its first start, so a post written after it is new.
@@ -127,7 +128,8 @@ class Daemon:
         trigger = parse_schedule(settings.digest.schedule, settings.site.zone)
         templates = template_environment(settings.templates_dir)
         # The parse cache is written now and then (and at exit), not on every edit.
-        builder = SiteBuilder(settings, save_cache_every=CACHE_SAVE_SECONDS)
+        builder = SiteBuilder(settings, save_cache_every=CACHE_SAVE_SECONDS,
+                              remember_outcome=False)
         web = WebState.create(settings, engine, templates, secret_key(engine),
                               make_transport(settings), self.health)
         return settings, engine, trigger, builder, web
@@ -172,7 +174,10 @@ class Daemon:
         problems = {str(p) for p in report.problems}
         for problem in sorted(problems - self.post_problems):
             log.warning("post problem: %s", problem)
-        self.post_problems = problems
+        notices = {str(p) for p in report.notices}
+        for notice in sorted(notices - self.post_notices):
+            log.info("post note: %s", notice)
+        self.post_problems, self.post_notices = problems, notices
         if report.written or report.removed:
             log.info("feeds rebuilt: %d published posts, %d file(s) written, %d removed",
                      report.published, len(report.written), len(report.removed))
