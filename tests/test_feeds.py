@@ -538,3 +538,38 @@ def test_entry_ids_do_not_depend_on_the_folder_or_the_clock(blog: Site, tmp_path
     report = moved.build(datetime(2027, 1, 1, tzinfo=UTC))
     feed = read_feed("feed.atom", report.feeds["feed.atom"])
     assert [e.id for e in feed.entries] == [FUTURE_ID, MORE.id, SECOND.id]
+
+
+# --- plain text in RSS and Atom ------------------------------------------------------------
+
+def test_plain_text_is_written_with_hexadecimal_references(make_site: Callable[..., Site]
+                                                           ) -> None:
+    site = make_site(site={"title": "A & B <notes>", "subtitle": "Q&A > FAQ",
+                           "author": {"name": "Ann & <Bob>"}})
+    site.write_post("a.md", "Body with <b>bold</b> & more.\n", title="Post 3 & <friends>",
+                    date=date(2025, 1, 1), tags=["C&C"], author="Zed & <Co>",
+                    summary="S & **bold** <i>")
+    report = site.build(NOW)
+    rss, atom = report.feeds["feed.rss"], report.feeds["feed.atom"]
+    for written in (b"<title>A &#x26; B &#x3C;notes&#x3E;</title>",
+                    b"<description>Q&#x26;A &#x3E; FAQ</description>",
+                    b"<title>Post 3 &#x26; &#x3C;friends&#x3E;</title>",
+                    b"<category>C&#x26;C</category>",
+                    b"<dc:creator>Zed &#x26; &#x3C;Co&#x3E;</dc:creator>"):
+        assert written in rss
+    for written in (b"<title>Post 3 &#x26; &#x3C;friends&#x3E;</title>",
+                    b"<name>Zed &#x26; &#x3C;Co&#x3E;</name>",
+                    b"<name>Ann &#x26; &#x3C;Bob&#x3E;</name>"):
+        assert written in atom
+    # HTML is not plain text: the summary and the content stay entity-escaped HTML.
+    summary = b"S &amp;amp; &lt;strong&gt;bold&lt;/strong&gt; &amp;lt;i&amp;gt;"
+    assert b"<description>" + summary + b"</description>" in rss
+    assert b'<summary type="html">' + summary + b"</summary>" in atom
+    assert b"&lt;b&gt;bold&lt;/b&gt; &amp;amp; more" in rss
+    for name in ("feed.rss", "feed.atom", "tags/c-c.rss"):
+        feed = read_feed(name, report.feeds[name])  # lxml and feedparser agree on the text
+        assert feed.title.startswith("A & B <notes>")
+        [entry] = feed.entries
+        assert (entry.title, entry.categories) == ("Post 3 & <friends>", ["C&C"])
+        assert entry.authors == ["Zed & <Co>"]
+        assert entry.summary == "S & bold <i>"
