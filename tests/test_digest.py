@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -380,3 +381,24 @@ def test_no_subscribers_still_records_the_digest(newsletter: Newsletter) -> None
     # The post counts as sent: a subscriber joining later does not get it in the next one.
     newsletter.subscribe({"late@example.org": "active"})
     assert newsletter.create(T0 + timedelta(days=2)).digest_id is None
+
+
+def test_a_digest_shows_markdown_summaries_as_html_and_as_text(newsletter: Newsletter) -> None:
+    newsletter.subscribe({"reader@example.org": "active"})
+    newsletter.plan(T0)
+    newsletter.write_post("bold", T0 + timedelta(hours=1),
+                          summary="A **bold** [link](../x/) claim.[^1]")
+    newsletter.write_post("plain", T0 + timedelta(hours=2), body="Taken *from* the body.")
+    plan = newsletter.create(T0 + timedelta(days=1))
+    # The digest keeps the summary's Markdown (a body's text, escaped to read back as itself).
+    assert [p.summary for p in plan.posts] == ["A **bold** [link](../x/) claim.[^1]",
+                                               "Taken from the body\\."]
+
+    environment = template_environment(newsletter.settings.templates_dir)
+    prepared = compose_digest(environment, newsletter.settings, plan.posts)
+    # The text part: plain text, no marks; the HTML part: the Markdown as HTML, links absolute.
+    assert "A bold link claim." in prepared.text and "Taken from the body." in prepared.text
+    assert "**" not in prepared.text and "[^1]" not in prepared.text
+    assert re.search(r"<strong[^>]*>bold</strong>", prepared.html)
+    assert 'href="https://blog.example.org/posts/x/"' in prepared.html
+    assert "[^1]" not in prepared.html and "Taken from the body." in prepared.html

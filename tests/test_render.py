@@ -1,13 +1,17 @@
-"""render.py: Markdown to HTML with absolute URLs, plain-text summaries, and post URLs."""
+"""render.py: Markdown to HTML with absolute URLs, summaries as HTML and text, post URLs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
+from html import escape
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from postroom.render import Renderer, cut_at_word, post_url
+from postroom.posts import clean_text
+from postroom.render import Renderer, cut_at_word, markdown_escape, post_url
 from sites import Site
 
 PAGE = "https://blog.example.org/posts/hello/"
@@ -128,3 +132,67 @@ def test_render_uses_explicit_summary_else_derived(site: Site) -> None:
     assert a.url == "https://blog.example.org/posts/a/"
     assert a.entry_id == "tag:blog.example.org,2025-01-01:/posts/a"
     assert a.content_html == "<p>Derived from here.</p>\n"
+
+
+# --- summaries written in Markdown --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("markdown", "html", "text"),
+    [
+        ("A **bold** and *em* move.", "A <strong>bold</strong> and <em>em</em> move.",
+         "A bold and em move."),
+        ("Use `x < y` here.", "Use <code>x &lt; y</code> here.", "Use x < y here."),
+        ("See [the docs](../docs/).",
+         'See <a href="https://blog.example.org/posts/docs/">the docs</a>.', "See the docs."),
+        ("An ![image](i.png).",
+         'An <img src="https://blog.example.org/posts/hello/i.png" alt="image" />.',
+         "An image."),
+        ("~~Old~~ new &amp; \\*literal\\*.", "<s>Old</s> new &amp; *literal*.",
+         "Old new & *literal*."),
+        # Raw HTML is not HTML in a summary: it stays the text it is.
+        ("Raw <b>html</b> & <script>x</script>",
+         "Raw &lt;b&gt;html&lt;/b&gt; &amp; &lt;script&gt;x&lt;/script&gt;",
+         "Raw <b>html</b> & <script>x</script>"),
+        # Footnote marks have nothing to point at in a summary: dropped, inline ones too.
+        ("Engineers.[^1][^2][^note] And ^[an aside] more.", "Engineers. And  more.",
+         "Engineers. And more."),
+    ],
+)
+def test_summary_markdown_as_html_and_as_text(renderer: Renderer, markdown: str, html: str,
+                                              text: str) -> None:
+    assert renderer.summary_html(markdown, PAGE) == html
+    assert renderer.summary_text(markdown) == text
+
+
+@given(text=st.text(st.characters(exclude_categories=["Cs", "Cc"])).map(clean_text)
+       .filter(lambda t: "[^" not in t))
+def test_plain_text_made_markdown_reads_back_as_itself(text: str) -> None:
+    renderer = Renderer()
+    markdown = markdown_escape(text)
+    assert renderer.summary_text(markdown) == text
+    assert renderer.summary_html(markdown, PAGE) == escape(text, quote=False).replace(
+        '"', "&quot;")
+
+
+def test_render_gives_the_summary_as_text_html_and_markdown(site: Site) -> None:
+    site.write_post("a.md", "Derived *from* &lt;here&gt; & [there](x/).\n", title="A",
+                    date=date(2025, 1, 1))
+    site.write_post("b.md", "Body.\n", title="B", date=date(2025, 1, 2),
+                    summary="Given **bold** [link](x/).[^1]")
+    site.write_post("c.md", "Body.\n", title="C", date=date(2025, 1, 3), summary="![](i.png)")
+    settings = site.settings()
+    posts = {p.slug: Renderer().render(settings, p)
+             for p in site.builder().collection.scan().posts}
+    a, b, c = posts["a"], posts["b"], posts["c"]
+    # Taken from the body: plain text, and Markdown that reads back as that text.
+    assert (a.summary, a.summary_html) == ("Derived from <here> & there.",
+                                           "Derived from &lt;here&gt; &amp; there.")
+    assert a.summary_markdown == markdown_escape(a.summary)
+    # Written in the front matter: Markdown, links made absolute against the post.
+    assert b.summary == "Given bold link."
+    assert b.summary_html == (
+        'Given <strong>bold</strong> <a href="https://blog.example.org/posts/b/x/">link</a>.')
+    assert b.summary_markdown == "Given **bold** [link](x/).[^1]"
+    # A summary with no words is none: the feeds show the title instead.
+    assert (c.summary, c.summary_html) == ("", "")
