@@ -217,12 +217,14 @@ class HubNotifier:
             self._client = None
 
     def _forget(self, ping: Ping, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(ping) is task:
+        latest = self._tasks.get(ping) is task  # else `publish` started another already
+        if latest:
             del self._tasks[ping]
         if not task.cancelled() and task.exception() is not None:
             # Not a hub's answer (those are handled in _tell): a bug, said once, with its
             # traceback; the next change of the feed pings again.
-            self._owed.discard(ping)
+            if latest:
+                self._owed.discard(ping)
             log.error("telling the hub %s that %s changed failed", ping.hub, ping.topic,
                       exc_info=task.exception(),
                       extra={"hub": ping.hub, "feed": ping.topic, "outcome": "error"})
