@@ -59,6 +59,10 @@ def test_a_shorter_cooldown_set_by_the_operator_allows_a_repeat_sooner(tmp_path:
     assert ask(site, "ann@example.org", site.now) == "queued"
     assert ask(site, "ann@example.org", site.now + timedelta(minutes=59)) == "held"
     assert ask(site, "ann@example.org", site.now + timedelta(minutes=61)) == "queued"
+    # Two mails, two Message-IDs: a receiver that drops one it has seen keeps the new link.
+    with site.engine.connect() as connection:
+        ids = connection.execute(select(deliveries.c.message_id)).scalars().all()
+    assert len(set(ids)) == 2, ids
 
 
 def test_a_request_mailed_before_the_window_is_forgotten_and_asked_again_anew(

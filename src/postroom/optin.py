@@ -61,7 +61,9 @@ def request_and_queue_confirmation(
         # The address as first recorded, in whatever case this request used: the link
         # confirms that row, and `confirm` compares the token's address with it.
         token = make_token(int(row.id), row.email, version)
-        message_id = f"<confirm.{row.public_id}.{version}@{host}>"
+        # One per mail, not per address: a receiver that drops a Message-ID it has seen
+        # (the first mail, in the spam folder) must not drop the new link sent later.
+        message_id = f"<confirm.{row.public_id}.{version}.{version_of(now)}@{host}>"
         connection.execute(insert(deliveries).values(
             kind="confirm", subscriber_id=row.id, email=row.email, status="pending", attempts=0,
             next_attempt_at=now, message_id=message_id, payload=token,
