@@ -198,7 +198,8 @@ class SiteBuilder:
         for number, page in enumerate(pages, start=1):
             path = archive_path(number, main.format)
             spec = dataclasses.replace(
-                main, path=path, self_url=f"{self.settings.feeds_url}/{path}",
+                # No hub: the hub is told of the feeds, and archives change rarely.
+                main, path=path, self_url=f"{self.settings.feeds_url}/{path}", hub=None,
                 # Not "of N": a new page would change every archive.
                 title=f"{main.title} (archive {number})",
                 history=archive_history(number, len(pages),
