@@ -8,20 +8,26 @@ every second may come in between: it does the same).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from daemonproc import AppServer, DaemonSite, free_port
+from postroom.web import keep_feeds_fresh
+from postroom.web.feedfiles import FeedFiles
 
 MAX_AGE = 77
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -298,3 +304,54 @@ def test_concurrent_refreshes_and_requests_see_whole_snapshots(
         assert response.headers["last-modified"] == formatdate(dates[response.content],
                                                                usegmt=True)
     assert client.get("/feed.atom", headers=IDENTITY).content == versions[-1]
+
+
+# ---- the app's own refresh --------------------------------------------------------------------
+
+class CountedFeedFiles(FeedFiles):
+    """FeedFiles that counts its refreshes, so a test knows how many have run."""
+
+    refreshes = 0
+
+    def refresh(self) -> bool:
+        try:
+            return super().refresh()
+        finally:
+            self.refreshes += 1
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within 10 s: {what}"
+        await asyncio.sleep(0.001)
+
+
+def test_a_refresh_that_fails_is_said_once_keeps_the_feeds_and_its_end_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    public, kept = tmp_path / "public", tmp_path / "kept"
+    public.mkdir()
+    (public / "feed.atom").write_bytes(atom("kept"))
+    feeds = CountedFeedFiles(public, MAX_AGE)
+    app = Starlette()
+    app.state.postroom = SimpleNamespace(feeds=feeds)
+
+    async def scenario() -> None:
+        refreshing = asyncio.create_task(keep_feeds_fresh(app, every=0.001))
+        await until(lambda: feeds.refreshes >= 1, "a first refresh")
+        # The output folder becomes a symlink to itself: every stat in it fails (ELOOP).
+        public.rename(kept)
+        public.symlink_to(public)
+        failed_from = feeds.refreshes + 1
+        await until(lambda: feeds.refreshes >= failed_from + 5, "five failed refreshes")
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert str(public) in errors[0].getMessage() and not errors[0].exc_info
+        assert feeds.lookup("feed.atom") is not None  # still served
+        public.unlink()
+        kept.rename(public)
+        await until(lambda: "feeds read again" in caplog.text, "the recovery said")
+        refreshing.cancel()
+
+    with caplog.at_level(logging.INFO, logger="postroom.web"):
+        asyncio.run(scenario())
