@@ -106,6 +106,18 @@ def test_check_on_a_clean_site(site: Site, run: Run) -> None:
     assert not site.output.exists()
 
 
+def test_posts_sharing_a_date_are_a_note_that_keeps_exit_0(site: Site, run: Run) -> None:
+    good_site(site)
+    also = site.write_post("2025-01-02-also.md", "Also.\n", title="Also", date=date(2025, 1, 2))
+    note = (f"{also}: note: 2 posts are dated 2025-01-02 with no time (2025-01-02-also.md, "
+            "2025-01-02-two.md): the feeds order them by file name, one second apart; give "
+            "each its time (date: 2025-01-02T09:30:00) to choose their order")
+    for command in ("check", "build", "build"):  # the second build: nothing changed, said again
+        result = run(command, "--config", str(site.config_path))
+        assert (result.returncode, result.stderr.splitlines()) == (0, [note]), command
+        assert "problem" not in result.stdout.replace("0 problem(s)", "")
+
+
 def test_config_option_before_or_after_the_command(site: Site, run: Run) -> None:
     good_site(site)
     before = run("--config", str(site.config_path), "check")

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -402,3 +402,15 @@ def test_a_digest_shows_markdown_summaries_as_html_and_as_text(newsletter: Newsl
     assert re.search(r"<strong[^>]*>bold</strong>", prepared.html)
     assert 'href="https://blog.example.org/posts/x/"' in prepared.html
     assert "[^1]" not in prepared.html and "Taken from the body." in prepared.html
+
+
+def test_posts_of_one_date_go_out_by_their_written_date(newsletter: Newsletter) -> None:
+    """Feeds move posts that share a date seconds apart; a digest's window does not."""
+    newsletter.subscribe({"reader@example.org": "active"})
+    newsletter.plan(T0)
+    day = (T0 + timedelta(days=1)).astimezone(BERLIN).date()
+    for slug in ("b", "a", "c"):
+        newsletter.site.write_post(f"{day}-{slug}.md", "Words.\n", title=slug.upper(), date=day)
+    plan = newsletter.create(datetime.combine(day, time(), tzinfo=BERLIN))
+    assert [p.slug for p in plan.posts] == ["a", "b", "c"]
+    assert {p.published for p in plan.posts} == {datetime.combine(day, time(), tzinfo=BERLIN)}

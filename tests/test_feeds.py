@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from html import escape
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -322,22 +323,27 @@ class ShippedPost:
     slug: str
     front: dict
     body: str
+    same_day: int = 0  # how many posts of its date come before it by file name
 
 
 def shipped_posts() -> list[ShippedPost]:
     """Read posts/ independently of postroom: front matter with yaml, slug from the name."""
     posts = []
+    earlier: Counter[date] = Counter()
     for path in sorted((REPO / "posts").glob("*.md")):
         _, front, body = path.read_text(encoding="utf-8").split("---\n", 2)
         slug = re.sub(r"^\d{4}-\d{2}-\d{2}-", "", path.stem)
-        posts.append(ShippedPost(slug, yaml.safe_load(front), body))
+        meta = yaml.safe_load(front)
+        posts.append(ShippedPost(slug, meta, body, earlier[meta["date"]]))
+        earlier[meta["date"]] += 1
     return posts
 
 
 def expected_shipped(post: ShippedPost) -> Expected:
     day = post.front["date"]
     assert isinstance(day, date)
-    published = datetime.combine(day, time(), tzinfo=BERLIN)
+    # Posts dated by day only: the Nth of a date (by file name) is N seconds after midnight.
+    published = datetime.combine(day, time(second=post.same_day), tzinfo=BERLIN)
     summary = post.front["summary"]
     return Expected(
         id=f"tag:blog.example.org,{day:%Y-%m-%d}:/posts/{post.slug}",
@@ -351,6 +357,10 @@ def expected_shipped(post: ShippedPost) -> Expected:
             "**", "<strong>", 1).replace("**", "</strong>", 1),
         tags=tuple(post.front.get("tags", ())),
     )
+
+
+def newest_shipped_first() -> list[ShippedPost]:
+    return sorted(shipped_posts(), key=lambda p: (p.front["date"], p.same_day), reverse=True)
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +378,7 @@ def shipped_feeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_shipped_posts_feed_field_by_field(shipped_feeds: dict[str, bytes], fmt: str) -> None:
-    posts = sorted(shipped_posts(), key=lambda p: (p.front["date"], p.slug), reverse=True)
+    posts = newest_shipped_first()
     expected = [expected_shipped(p) for p in posts]
     feed = read_feed(f"feed.{fmt}", shipped_feeds[f"feed.{fmt}"])
     check_feed(
@@ -404,7 +414,7 @@ def check_content_against_markdown(feed: Feed, posts: list[ShippedPost]) -> None
 
 
 def test_shipped_tag_feeds_hold_every_post_with_the_tag(shipped_feeds: dict[str, bytes]) -> None:
-    posts = sorted(shipped_posts(), key=lambda p: (p.front["date"], p.slug), reverse=True)
+    posts = newest_shipped_first()
     tags = {t for p in posts for t in p.front.get("tags", ())}
     assert {f"tags/{tag_slug(t)}.atom" for t in tags} == {
         n for n in shipped_feeds if n.startswith("tags/") and n.endswith(".atom")
@@ -540,7 +550,66 @@ def test_entry_ids_do_not_depend_on_the_folder_or_the_clock(blog: Site, tmp_path
     assert [e.id for e in feed.entries] == [FUTURE_ID, MORE.id, SECOND.id]
 
 
-# --- plain text in RSS and Atom ------------------------------------------------------------
+# --- posts of one date, and plain text in RSS -------------------------------------------------
+
+
+def write_same_day_posts(site: Site) -> None:
+    for name in ("c", "a", "b"):
+        site.write_post(f"2025-09-28-{name}.md", f"{name}.\n", title=name.upper(),
+                        date=date(2025, 9, 28), tags=["day", name])
+    site.write_post("2025-09-28-timed.md", "Timed.\n", title="Timed",
+                    date="2025-09-28 08:00:00", tags=["day"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_posts_of_one_date_get_distinct_times_in_file_name_order(site: Site, fmt: str) -> None:
+    write_same_day_posts(site)
+    report = site.build(NOW)
+    midnight = datetime(2025, 9, 28, tzinfo=BERLIN)
+    # Newest first: the post with a time, then the date-only posts by file name, the last
+    # first, each a second after the one before it; the same times in every feed.
+    want = [("Timed", midnight.replace(hour=8)), ("C", midnight + timedelta(seconds=2)),
+            ("B", midnight + timedelta(seconds=1)), ("A", midnight)]
+    for name, titles in ((f"feed.{fmt}", "Timed C B A"), (f"tags/day.{fmt}", "Timed C B A"),
+                         (f"tags/b.{fmt}", "B")):
+        feed = read_feed(name, report.feeds[name])
+        shown = [w for w in want if w[0] in titles.split()]
+        assert [(e.title, e.published) for e in feed.entries] == shown
+        for entry in feed.entries:
+            assert entry.updated in (None, entry.published)
+            # IDs and URLs keep the written date and the slug.
+            slug = entry.link.rsplit("/", 2)[-2]
+            assert entry.id == f"tag:blog.example.org,2025-09-28:/posts/{slug}"
+            assert entry.published.utcoffset() == timedelta(hours=2)
+    assert [n.message.split(" (")[0] for n in report.notices] == [
+        "3 posts are dated 2025-09-28 with no time"]
+
+
+def test_feed_times_move_with_other_posts_and_match_a_cold_build(site: Site) -> None:
+    """A post's feed times follow the posts of its date: a new one sorting first moves the
+    others, in every feed that shows them (tags/c.* shows only one), cache or no cache."""
+    write_same_day_posts(site)
+    builder = SiteBuilder(site.settings())
+    builder.build(NOW)
+    site.write_post("2025-09-28-0.md", "First.\n", title="Zero", date=date(2025, 9, 28))
+    warm = builder.build(NOW)
+    cold = SiteBuilder(site.settings(), use_cache=False).build(NOW, write=False)
+    assert {n: warm.feeds[n] for n in warm.feeds} == dict(cold.feeds)
+    feed = read_feed("tags/c.atom", warm.feeds["tags/c.atom"])
+    assert feed.entries[0].published == datetime(2025, 9, 28, 0, 0, 3, tzinfo=BERLIN)
+
+
+def test_two_posts_with_one_updated_time_get_distinct_updated(site: Site) -> None:
+    for name, day in (("a", 1), ("b", 2)):
+        site.write_post(f"{name}.md", "x\n", title=name, date=date(2025, 9, day),
+                        updated=date(2025, 9, 10))
+    report = site.build(NOW)
+    for name in ("feed.atom", "feed.json"):
+        entries = read_feed(name, report.feeds[name]).entries
+        assert [(e.title, e.updated) for e in entries] == [
+            ("b", datetime(2025, 9, 10, 0, 0, 1, tzinfo=BERLIN)),
+            ("a", datetime(2025, 9, 10, tzinfo=BERLIN))]
+
 
 def test_plain_text_is_written_with_hexadecimal_references(make_site: Callable[..., Site]
                                                            ) -> None:

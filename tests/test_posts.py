@@ -16,9 +16,12 @@ from postroom.posts import (
     Author,
     Post,
     clean_text,
+    feed_times,
     is_post_file,
     iter_post_files,
+    later,
     parse_post,
+    same_time_notices,
     slug_from_filename,
 )
 from sites import NOW, Site, post_text
@@ -382,3 +385,91 @@ def test_ignored_files_are_never_read(good_site: Site) -> None:
     report = good_site.build(NOW)
     assert report.problems == []
     assert_good_posts_built(good_site, report)
+
+
+# --- posts that share a date: the times the feeds give them ------------------------------------
+
+
+def dated(name: str, when: str, **front: object) -> Post:
+    """A post `name` dated `when` as written in front matter (a date alone is midnight)."""
+    return parse(f"---\ntitle: {name}\ndate: {when}\n" + "".join(
+        f"{key}: {value}\n" for key, value in front.items()) + "---\nBody.\n", name=name)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=BERLIN)
+
+
+def moved(posts: list[Post]) -> dict[str, tuple[datetime, datetime]]:
+    """The (published, updated) the feeds show for the posts feed_times moves, by path."""
+    by_path = {str(p.path): p for p in posts}
+    return {path: (later(by_path[path].published, shift[0]),
+                   later(by_path[path].updated, shift[1]))
+            for path, shift in feed_times(posts).items()}
+
+
+def test_posts_of_one_date_are_a_second_apart_in_file_name_order() -> None:
+    posts = [dated(n, "2025-09-28") for n in ("c.md", "a.md", "b.md")]
+    alone = dated("d.md", "2025-09-29")
+    times = moved([*posts, alone])
+    # The first by file name keeps its time (and is left out); the others follow it.
+    assert times == {
+        "b.md": (at("2025-09-28T00:00:01"), at("2025-09-28T00:00:01")),
+        "c.md": (at("2025-09-28T00:00:02"), at("2025-09-28T00:00:02")),
+    }
+    assert times["b.md"][0].tzinfo is BERLIN  # in the post's own zone: +02:00 in a feed
+    # The written dates do not move: entry IDs and URLs are made from them.
+    assert [p.entry_id("blog.example.org") for p in posts] == [
+        f"tag:blog.example.org,2025-09-28:/posts/{n}" for n in "cab"]
+
+
+def test_a_given_time_orders_a_post_and_a_shared_one_pushes_the_next() -> None:
+    posts = [
+        dated("z.md", "2025-09-28"),  # midnight: before the posts with a time
+        dated("b.md", "2025-09-28T08:00:00"),  # naive: the site's zone
+        dated("a.md", "2025-09-28T08:00:00+02:00"),  # the same instant, written otherwise
+        dated("c.md", "2025-09-28T08:00:01"),  # one second later: now taken, so pushed on
+    ]
+    assert moved(posts) == {
+        "b.md": (at("2025-09-28T08:00:01"), at("2025-09-28T08:00:01")),
+        "c.md": (at("2025-09-28T08:00:02"), at("2025-09-28T08:00:02")),
+    }
+
+
+def test_a_shared_updated_time_is_spread_after_the_posts_never_updated() -> None:
+    posts = [
+        dated("x.md", "2025-01-01", updated="2025-03-01"),
+        dated("y.md", "2025-02-01", updated="2025-03-01"),
+        dated("z.md", "2025-03-01"),  # published then, never updated: keeps its time
+    ]
+    times = moved(posts)
+    assert times == {
+        "x.md": (at("2025-01-01T00:00:00"), at("2025-03-01T00:00:01")),
+        "y.md": (at("2025-02-01T00:00:00"), at("2025-03-01T00:00:02")),
+    }
+
+
+def test_feed_times_are_the_same_in_any_order_and_never_before_publication() -> None:
+    posts = [dated(f"{n}.md", "2025-09-28", updated="2025-09-28") for n in "abcdef"]
+    posts.append(dated("g.md", "2025-09-20", updated="2025-09-28T00:00:03"))
+    times = moved(posts)
+    assert times == moved(list(reversed(posts)))
+    shown = {str(p.path): times.get(str(p.path), (p.published, p.updated)) for p in posts}
+    assert len({published for published, _ in shown.values()}) == len(posts)
+    assert len({updated for _, updated in shown.values()}) == len(posts)
+    assert all(updated >= published for published, updated in shown.values())
+
+
+def test_posts_sharing_a_date_with_no_time_are_noted_by_file() -> None:
+    posts = [dated(n, "2025-09-28") for n in ("b.md", "a.md")]
+    posts += [dated(n, "2025-10-01T09:30:00") for n in ("d.md", "c.md")]
+    posts.append(dated("e.md", "2025-10-02"))
+    notes = [str(n) for n in same_time_notices(posts)]
+    assert notes == [
+        "a.md: 2 posts are dated 2025-09-28 with no time (a.md, b.md): the feeds order them "
+        "by file name, one second apart; give each its time (date: 2025-09-28T09:30:00) to "
+        "choose their order",
+        "c.md: 2 posts are dated 2025-10-01 09:30:00 (c.md, d.md): the feeds order them by "
+        "file name, one second apart; give each its time (date: 2025-10-01T09:30:00) to "
+        "choose their order",
+    ]

@@ -108,5 +108,14 @@ def test_postroom_check_finds_no_problems_and_notes_posts_of_one_date(
         [postroom_command, "check", "--config", "config.example.toml"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
-    assert (result.returncode, result.stderr) == (0, "")
+    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "40 published posts, 0 problem(s)"
+    # Posts that share a date with no time are notes, not problems: one per date, on the
+    # first file by name, naming every file of the date.
+    notes = result.stderr.splitlines()
+    assert len(notes) == 6 and all(": note: " in note for note in notes), notes
+    [four] = [n for n in notes if "2025-09-28" in n]
+    assert four.startswith(f"{REPO / 'posts' / '2025-09-28-arrays-in-rust.md'}: note: 4 posts")
+    for name in ("arrays-in-rust", "data-structures-as-warehouses", "linked-lists-in-rust",
+                 "vectors-in-rust"):
+        assert f"2025-09-28-{name}.md" in four

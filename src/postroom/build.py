@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +38,7 @@ from postroom.output import (
     write_manifest,
 )
 from postroom.parsecache import RACY_NS
-from postroom.posts import Post, PostChanged, tag_slug
+from postroom.posts import FeedTimes, Post, PostChanged, later, tag_slug
 
 if TYPE_CHECKING:
     from postroom.feeds import FeedSpec
@@ -125,6 +125,9 @@ class SiteBuilder:
         self._rendered: dict[Post, RenderedPost] = {}
         self._bytes: dict[str, tuple[str, bytes]] = {}  # path -> (key, bytes) last built
         self._plan: tuple[Scan, int, list[tuple[str, PlannedFeed]]] | None = None
+        # What the feeds add to the times of posts whose written times others share, by
+        # path (the plan's scan's: Scan.feed_times).
+        self._feed_times: Mapping[str, FeedTimes] = {}
         self._state: BuildState | None = None
         self._stamp = _settings_stamp(settings)
         self.renders = 0  # feed files rendered by this builder, for reports and tests
@@ -151,6 +154,7 @@ class SiteBuilder:
     def plan(self, scan: Scan, now: datetime) -> list[tuple[str, PlannedFeed]]:
         """Given a scan and the time, return every feed file to build, by relative path."""
         published = scan.published(now)
+        self._feed_times = scan.feed_times
         if self._plan is not None and self._plan[0] is scan and self._plan[1] == len(published):
             return self._plan[2]  # same scan, no post came due: the same feeds
         from postroom.feeds import plan_feeds
@@ -215,6 +219,9 @@ class SiteBuilder:
         digest = hashlib.sha256(f"{self._stamp}\0{path}\0{extra}".encode())
         for post in entries:
             digest.update(f"\0{post.path}\0{post.version[0]}\0{post.version[1]}".encode())
+            moved = self._feed_times.get(str(post.path))
+            if moved is not None:  # its feed times follow other posts too: part of the key
+                digest.update(f"\0{moved[0]}\0{moved[1]}".encode())
         return digest.hexdigest()
 
     def _stylesheet_key(self) -> str:
@@ -242,10 +249,22 @@ class SiteBuilder:
                             for p in planned.entries]
             else:
                 rendered = [self.rendered(p) for p in planned.entries]
-            data = render_feed(planned.spec, rendered)
+            data = render_feed(planned.spec, self._at_feed_times(planned.entries, rendered))
         self._bytes[name] = (planned.key, data)
         self.renders += 1
         return data
+
+    def _at_feed_times(self, posts: Sequence[Post], rendered: list[RenderedPost]
+                       ) -> list[RenderedPost]:
+        """The rendered posts with the published and updated times the feeds show: a
+        post written with another's date and time is seconds later (posts.feed_times)."""
+        times = self._feed_times
+        if not times:
+            return rendered
+        return [entry if (moved := times.get(str(post.path))) is None
+                else replace(entry, published=later(entry.published, moved[0]),
+                             updated=later(entry.updated, moved[1]))
+                for post, entry in zip(posts, rendered, strict=True)]
 
     def stylesheet(self) -> bytes:
         """Return the XSL stylesheet that makes a feed readable in a browser."""

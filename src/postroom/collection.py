@@ -17,7 +17,15 @@ from pathlib import Path
 from postroom.errors import PostroomError, Problem
 from postroom.ledger import Ledger, apply_ledger
 from postroom.parsecache import FileKey, load_parse_cache, save_parse_cache
-from postroom.posts import ParsedFile, Post, is_post_file, read_post_file
+from postroom.posts import (
+    FeedTimes,
+    ParsedFile,
+    Post,
+    feed_times,
+    is_post_file,
+    read_post_file,
+    same_time_notices,
+)
 
 
 class PostsFolderError(PostroomError):
@@ -42,6 +50,12 @@ class Scan:
     def _newest_first(self) -> list[Post]:
         """Every post that is not a draft, newest first (sorted once per scan)."""
         return newest_first(p for p in self.posts if not p.draft)
+
+    @cached_property
+    def feed_times(self) -> dict[str, FeedTimes]:
+        """What the feeds add to the times of posts sharing their written times, by path
+        (posts.feed_times): worked out once per scan, over every post not a draft."""
+        return feed_times(self._newest_first)
 
     @cached_property
     def _dates(self) -> list[datetime]:
@@ -101,7 +115,8 @@ class PostCollection:
         posts, problems = check_unique(applied.posts, self.host, applied.was_published)
         problems += [p for o in outcomes for p in o.problems]
         self._last = Scan(posts, sorted(problems), changed=True, parsed=parsed, files=len(seen),
-                          notices=applied.notices)
+                          notices=applied.notices + same_time_notices(
+                              p for p in posts if not p.draft))
         return self._last
 
     def fingerprint(self, *, of_last_scan: bool = False) -> tuple[str, int]:
@@ -235,8 +250,9 @@ def _fingerprint(folder: Path, keys: Iterable[tuple[str, FileKey]]) -> tuple[str
 
 
 def newest_first(posts: Iterable[Post]) -> list[Post]:
-    """Return posts ordered newest first; ties broken by slug so the order is stable."""
-    return sorted(posts, key=lambda p: (p.instant, p.slug), reverse=True)
+    """Return posts ordered newest first; posts of one date and time by file name, the
+    last first (the order of the times the feeds give them: posts.feed_times)."""
+    return sorted(posts, key=lambda p: (p.instant, str(p.path)), reverse=True)
 
 
 def check_unique(posts: Sequence[Post], host: str,

@@ -10,7 +10,7 @@ import codecs
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cached_property, lru_cache
@@ -37,6 +37,10 @@ UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufff
 _YAML = YAMLHandler()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# Posts written with the same date and time are this far apart in the feeds (feed_times).
+SAME_TIME_STEP = timedelta(seconds=1)
+# What the feeds add to a post's (published, updated) times, in microseconds (feed_times).
+FeedTimes = tuple[int, int]
 
 
 class _FrontMatterLoader(_SafeLoader):
@@ -185,6 +189,88 @@ def slug_from_filename(path: Path) -> str:
     stem = DATE_PREFIX.sub("", path.stem)
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     return re.sub(r"[^a-z0-9]+", "-", ascii_stem.lower()).strip("-") or "post"
+
+
+def feed_times(posts: Iterable[Post]) -> dict[str, FeedTimes]:
+    """Given the posts the feeds may show (not drafts), return by path how many
+    microseconds the feeds add to the published and updated times of the posts whose
+    written times another post shares (`later` applies them).
+
+    Readers order and diff entries by these times (and the W3C validator warns on two
+    entries with one `updated`). Posts written with the same date and time, most often a
+    date alone (midnight), are ordered by file name and each is given one second more than
+    the post before it; an `updated` that several posts share is spread the same way (the
+    posts never updated first), never before the post's own published time. Every other
+    post keeps its times: the same files always give the same times, and entry IDs, URLs
+    and digests keep using the written dates.
+    """
+    order = list(posts)
+    # Written updated times: a post never updated has its publication's.
+    written = [p.instant if p.updated is p.published or p.updated == p.published
+               else _instant(p.updated) for p in order]
+    if len({p.instant for p in order}) == len(order) == len(set(written)):
+        return {}  # the common case, checked first: no two posts share a time
+    ranks = sorted(range(len(order)), key=lambda i: (order[i].instant, str(order[i].path)))
+    order, written = [order[i] for i in ranks], [written[i] for i in ranks]
+    step = SAME_TIME_STEP // _MICROSECOND
+    published = [p.instant for p in order]
+    if len(set(published)) < len(published):
+        _spread(published, step)
+    # Never earlier than the published time the feeds give.
+    updated = [max(u, t) for u, t in zip(written, published, strict=True)]
+    if len(set(updated)) < len(updated):
+        ranks = sorted(range(len(order)), key=lambda i: (
+            updated[i], written[i] != order[i].instant, published[i], str(order[i].path)))
+        spread = [updated[i] for i in ranks]
+        _spread(spread, step)
+        for i, moment in zip(ranks, spread, strict=True):
+            updated[i] = moment
+    return {str(post.path): (published[i] - post.instant, updated[i] - written[i])
+            for i, post in enumerate(order)
+            if published[i] != post.instant or updated[i] != written[i]}
+
+
+def _spread(instants: list[int], step: int) -> None:
+    """Make the instants strictly increasing, moving each that is not later than the one
+    before it to `step` after it."""
+    for i in range(1, len(instants)):
+        if instants[i] <= instants[i - 1]:
+            instants[i] = instants[i - 1] + step
+
+
+def _instant(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def later(moment: datetime, microseconds: int) -> datetime:
+    """Return `moment` plus the microseconds, in its own time zone (through UTC, so a
+    daylight-saving change in between cannot shift it)."""
+    if not microseconds:
+        return moment
+    shifted = moment.astimezone(UTC) + timedelta(microseconds=microseconds)
+    return shifted.astimezone(moment.tzinfo)
+
+
+def same_time_notices(posts: Iterable[Post]) -> list[Problem]:
+    """Given the posts the feeds may show, return a notice per group of posts written with
+    the same date and time, naming their files: the feeds order them by file name."""
+    groups: dict[int, list[Post]] = {}
+    for post in posts:
+        groups.setdefault(post.instant, []).append(post)
+    notices: list[Problem] = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda p: str(p.path))
+        when = group[0].published
+        dated = f"dated {when:%Y-%m-%d}" + (
+            " with no time" if when.time() == time() else f" {when:%H:%M:%S}")
+        names = ", ".join(p.path.name for p in group)
+        notices.append(Problem(group[0].path, 0, (
+            f"{len(group)} posts are {dated} ({names}): the feeds order them by file name, "
+            f"one second apart; give each its time (date: {when:%Y-%m-%d}T09:30:00) to "
+            "choose their order")))
+    return sorted(notices, key=lambda n: str(n.path))
 
 
 def is_post_file(name: str) -> bool:
