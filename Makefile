@@ -12,8 +12,10 @@ run: $(VENV)/.installed
 	$(BIN)/postroom digest send
 
 # Set up, then run the whole test suite (lint and type checks first: they are the cheapest).
+# Two workers: much of the suite waits on real processes and servers, and the machines
+# have two cores.
 test: $(VENV)/.installed lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench
