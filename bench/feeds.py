@@ -42,6 +42,7 @@ from feeds_report import (
     BUSY_CORES,
     FLOOR,
     HUGO,
+    MIN_JUDGED_S,
     NGINX,
     PELICAN,
     POSTROOM,
@@ -51,6 +52,7 @@ from feeds_report import (
     Served,
     background,
     command_line,
+    disturbed,
     render,
     rescan_line,
     served_line,
@@ -409,11 +411,12 @@ class Bench:
         cores = background(runs)
         if cores is None:
             return "–"
-        busy = [r for r in runs if r.wall > 0 and r.other_cpu / r.wall >= BUSY_CORES]
+        busy = [r for r in runs if disturbed(r)]
+        judged = [r for r in runs if r.wall >= MIN_JUDGED_S]
         return (f"{cores:.2f} on average while the measured commands ran (CPU time of "
-                f"everything else, /proc/stat); {len(busy)} of {len(runs)} runs beside "
-                f"{BUSY_CORES} or more" + (" — **their wall times and rates are disturbed**"
-                                            if busy else ""))
+                f"everything else, /proc/stat); {len(busy)} of the {len(judged)} runs of "
+                f"{MIN_JUDGED_S} s or more ran beside {BUSY_CORES} or more"
+                + (" — **their wall times and rates are disturbed**" if busy else ""))
 
 
 def _interrupt(signum: int, frame: object) -> None:

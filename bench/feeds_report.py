@@ -22,6 +22,7 @@ SERVE_304_TARGET = 0.15
 MEMORY_TARGET_MB = 80.0
 # Other work on the machine, in cores kept busy on average, from which a figure is disturbed.
 BUSY_CORES = 0.2
+MIN_JUDGED_S = 0.2
 
 
 @dataclass
@@ -112,10 +113,18 @@ def served_line(run: Served, repeats: int) -> str:
             f"{run.cpu_us_per_request:5.0f} µs/request  {_beside(run)}{status}")
 
 
+def disturbed(run: Command | Rescan | Served) -> bool:
+    """Whether the rest of the machine kept BUSY_CORES or more busy during the run.
+
+    /proc/stat counts in 10 ms ticks: one tick in a 20 ms run is half a core, so a run
+    shorter than MIN_JUDGED_S is judged only with its row (the tables' column).
+    """
+    return run.wall >= MIN_JUDGED_S and run.other_cpu / run.wall >= BUSY_CORES
+
+
 def _beside(run: Command | Rescan | Served) -> str:
     """What else the machine ran meanwhile, when it is enough to disturb the figure."""
-    cores = run.other_cpu / run.wall if run.wall > 0 else 0.0
-    return f"[{cores:.2f} other cores busy] " if cores >= BUSY_CORES else ""
+    return f"[{run.other_cpu / run.wall:.2f} other cores busy] " if disturbed(run) else ""
 
 
 def background(runs: Sequence[Command | Rescan | Served]) -> float | None:
