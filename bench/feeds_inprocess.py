@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {"POSTROOM__FEEDS__PER_TAG": "true" if args.per_tag else "false"}
     settings = load_settings(args.config, env)
     posts = str(settings.posts_dir)
-    builder = SiteBuilder(settings)
+    builder = SiteBuilder.long_running(settings)  # the daemon's
     first, report = timed(lambda: builder.build(datetime.now(UTC)))
     result: dict[str, Any] = {
         "per_tag": args.per_tag, "first_build_s": first, "published": report.published,

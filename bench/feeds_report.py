@@ -460,7 +460,7 @@ changed, alternating with the stat-only floor, a Python script (same interpreter
 walks the posts folder with os.scandir and stats every file.
 
 *Rescan* and *edit* run in one child process per repeat and per-tag setting
-(bench/feeds_inprocess.py), as the daemon does: one `SiteBuilder(settings)`, a first
+(bench/feeds_inprocess.py), as the daemon does: one `SiteBuilder.long_running(settings)`, a first
 `build(now)`, then rebuilds with nothing changed, each followed by the same stat walk
 in-process; then edits of one post's body (a line appended, a new mtime) each followed by
 one timed rebuild, for a post in the main feed and for the oldest post. Figures pool the

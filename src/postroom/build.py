@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STYLESHEET = "feed.xsl"
+# How often a long-running builder writes the parse cache (seconds): writing 10,000
+# parses costs ~50 ms, too much for every edit.
+CACHE_SAVE_SECONDS = 300.0
 ARCHIVED = ("atom", "rss")  # the formats RFC 5005 history applies to
 # Rescans when a post changes while its body is being read (an editor saving as we build).
 ATTEMPTS = 3
@@ -131,6 +134,13 @@ class SiteBuilder:
         self._state: BuildState | None = None
         self._stamp = _settings_stamp(settings)
         self.renders = 0  # feed files rendered by this builder, for reports and tests
+
+    @classmethod
+    def long_running(cls, settings: Settings) -> SiteBuilder:
+        """The builder of a process that rebuilds again and again (the daemon): the parse
+        cache is written now and then (and by `collection.save()` at exit), not after
+        every edit, and no "nothing changed" answer is kept for CLI builds."""
+        return cls(settings, save_cache_every=CACHE_SAVE_SECONDS, remember_outcome=False)
 
     @property
     def renderer(self) -> Renderer:

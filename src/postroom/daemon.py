@@ -35,7 +35,6 @@ from postroom.websub import HubNotifier, pings_for
 
 log = logging.getLogger(__name__)
 LAST_DIGEST_KEY = "digest_last_run"
-CACHE_SAVE_SECONDS = 300.0
 T = TypeVar("T")
 
 
@@ -127,9 +126,7 @@ class Daemon:
         """Build the parts that depend on the settings (at start, and on SIGHUP)."""
         trigger = parse_schedule(settings.digest.schedule, settings.site.zone)
         templates = template_environment(settings.templates_dir)
-        # The parse cache is written now and then (and at exit), not on every edit.
-        builder = SiteBuilder(settings, save_cache_every=CACHE_SAVE_SECONDS,
-                              remember_outcome=False)
+        builder = SiteBuilder.long_running(settings)
         web = WebState.create(settings, engine, templates, secret_key(engine),
                               make_transport(settings), self.health)
         return settings, engine, trigger, builder, web
