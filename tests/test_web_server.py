@@ -208,16 +208,16 @@ async def hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello\n")
 
 
-@pytest.fixture(params=["httptools", "h11"])
-def protocol_port(request: pytest.FixtureRequest,
-                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def protocol_port(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     """A small app under server_config's protocol (httptools, or the h11 one it falls back
     to without httptools) in a thread of this process; yields the protocol and the port."""
-    if request.param == "h11":
-        monkeypatch.setattr(web_server, "httptools_protocol", lambda: None)
     port = free_port()
-    config = server_config(Starlette(routes=[Route("/healthz", hello)]),
-                           WebSettings(header_timeout=0.5), "127.0.0.1", port)
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "h11":
+            patch.setattr(web_server, "httptools_protocol", lambda: None)
+        config = server_config(Starlette(routes=[Route("/healthz", hello)]),
+                               WebSettings(header_timeout=0.5), "127.0.0.1", port)
     expected = {"httptools": "DeadlineHttpToolsProtocol", "h11": "DeadlineH11Protocol"}
     assert config.http.__name__ == expected[request.param]  # type: ignore[union-attr]
     server = uvicorn.Server(config)
