@@ -73,9 +73,13 @@ def load_ledger(file: Path) -> Ledger:
 
 def save_ledger(file: Path, ledger: Ledger) -> None:
     """Write the ledger atomically and durably (sorted: the same entries, the same bytes)."""
-    entries = [dataclasses.asdict(e) for _, e in sorted(ledger.entries.items())]
-    text = json.dumps({"format": FORMAT, "entries": entries}, ensure_ascii=False, indent=1)
-    write_atomic(file, (text + "\n").encode("utf-8"))
+    # One entry a line (readable in a diff), made line by line: a big blog's ledger is never
+    # a second time in memory as dicts.
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    lines = [encode({"id": e.id, "path": e.path, "title": e.title})
+             for _, e in sorted(ledger.entries.items())]
+    text = f'{{"format": {FORMAT}, "entries": [\n' + ",\n".join(lines) + "\n]}\n"
+    write_atomic(file, text.encode("utf-8"))
 
 
 def apply_ledger(ledger: Ledger, posts: Sequence[Post], host: str, folder: Path) -> Applied:

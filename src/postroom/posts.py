@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ class PostChanged(PostroomError):
         self.path = path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Post:
     """One valid post, as written; rendering happens later and only when needed.
 
@@ -98,15 +98,20 @@ class Post:
     body_offset: int = 0
     # Only when parsed from bytes with keep_body (tests, previews): never compared.
     body: str | None = field(default=None, compare=False, repr=False)
+    # Worked out when first asked for (slots, not cached_property: a blog of 10,000 posts
+    # keeps them all, and an instance __dict__ costs more than the post's own fields).
+    _hash_value: int | None = field(default=None, init=False, compare=False, repr=False)
+    _instant: int | None = field(default=None, init=False, compare=False, repr=False)
+    _id_tail: str | None = field(default=None, init=False, compare=False, repr=False)
+    _tag_slugs: tuple[str, ...] | None = field(default=None, init=False, compare=False,
+                                                repr=False)
 
     def __hash__(self) -> int:
         # Consistent with equality (equal posts have the same file, version and pinned ID),
         # and computed once: posts are set members and dict keys on every rescan.
-        return self._hash
-
-    @cached_property
-    def _hash(self) -> int:
-        return hash((str(self.path), self.version, self.pinned_id))
+        if self._hash_value is None:
+            _remember(self, "_hash_value", hash((str(self.path), self.version, self.pinned_id)))
+        return self._hash_value  # type: ignore[return-value]
 
     def is_published(self, now: datetime) -> bool:
         """Given the current time, return whether the post is public (not a draft, not future)."""
@@ -120,25 +125,27 @@ class Post:
         """
         if self.pinned_id:
             return self.pinned_id
+        if self._id_tail is None:
+            _remember(self, "_id_tail", f"{self.published:%Y-%m-%d}:/posts/{self.slug}")
         return f"tag:{host},{self._id_tail}"
 
-    @cached_property
-    def _id_tail(self) -> str:
-        return f"{self.published:%Y-%m-%d}:/posts/{self.slug}"
-
-    @cached_property
+    @property
     def instant(self) -> int:
         """The publication instant in microseconds since 1970 (UTC): a cheap sort key.
 
         Comparing aware datetimes asks each one's time zone for its offset every time;
         a post is compared many times per scan and parsed once.
         """
-        return (self.published - _EPOCH) // _MICROSECOND
+        if self._instant is None:
+            _remember(self, "_instant", (self.published - _EPOCH) // _MICROSECOND)
+        return self._instant  # type: ignore[return-value]
 
-    @cached_property
+    @property
     def tag_slugs(self) -> tuple[str, ...]:
         """The file names of the post's tag feeds, in the post's tag order."""
-        return tuple(dict.fromkeys(tag_slug(t) for t in self.tags))
+        if self._tag_slugs is None:
+            _remember(self, "_tag_slugs", tuple(dict.fromkeys(tag_slug(t) for t in self.tags)))
+        return self._tag_slugs  # type: ignore[return-value]
 
     def read_body(self) -> str:
         """Return the post's Markdown body; raise PostChanged if the file is not the
@@ -158,6 +165,11 @@ class Post:
         finally:
             os.close(fd)
         return data.decode("utf-8")
+
+
+def _remember(post: Post, name: str, value: object) -> None:
+    # A frozen post's worked-out values are set once, the way dataclasses set fields.
+    object.__setattr__(post, name, value)
 
 
 @dataclass
