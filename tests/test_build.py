@@ -22,6 +22,9 @@ FEEDS_OF = {
     "a": ["tags/a.atom", "tags/a.json", "tags/a.rss"],
     "b": ["tags/b.atom", "tags/b.json", "tags/b.rss"],
 }
+# Each feed's files: its formats and its HTML page for browsers (feeds.for_browsers).
+FILES_OF = {stem: sorted([*names, names[0].rsplit(".", 1)[0] + ".html"])
+            for stem, names in FEEDS_OF.items()}
 OLD_MTIME = 1_000_000_000_000_000_000  # 2001: any rewrite shows, whatever the clock's grain
 
 
@@ -87,8 +90,8 @@ def test_editing_a_post_rewrites_only_its_feeds(site: Site) -> None:
                     date=date(2025, 1, 1), tags=["a"])
     report = builder.build(NOW)
     assert report.parsed == 1
-    assert sorted(report.written) == sorted(FEEDS_OF["main"] + FEEDS_OF["a"])
-    assert rewritten(site) == sorted(FEEDS_OF["main"] + FEEDS_OF["a"])
+    assert sorted(report.written) == sorted(FILES_OF["main"] + FILES_OF["a"])
+    assert rewritten(site) == sorted(FILES_OF["main"] + FILES_OF["a"])
     for name in FEEDS_OF["b"]:
         assert name in report.unchanged
     assert "Alpha body, edited." in site.feed("tags/a.json").decode()
@@ -150,8 +153,8 @@ def test_stale_tag_feed_is_removed_but_unrelated_files_are_not(site: Site) -> No
     site.write_post("2025-01-02-beta.md", "Beta body.\n", title="Beta", date=date(2025, 1, 2),
                     tags=["c"])
     report = site.build(NOW)
-    assert sorted(report.removed) == FEEDS_OF["b"]
-    for name in FEEDS_OF["b"]:
+    assert sorted(report.removed) == FILES_OF["b"]
+    for name in FILES_OF["b"]:
         assert not (site.output / name).exists()
     # tags/c.atom is postroom's now (the new tag's feed); the others were never its files.
     assert (site.output / "tags" / "c.atom").read_bytes() == report.feeds["tags/c.atom"]
@@ -165,7 +168,7 @@ def test_a_removed_post_leaves_the_feeds(site: Site) -> None:
     site.build(NOW)
     (site.posts / "2025-01-02-beta.md").unlink()
     report = site.build(NOW)
-    assert sorted(report.removed) == FEEDS_OF["b"]
+    assert sorted(report.removed) == FILES_OF["b"]
     assert [e.title for e in read_feed("feed.atom", site.feed("feed.atom")).entries] == ["Alpha"]
 
 
@@ -220,7 +223,7 @@ def test_a_posts_folder_suddenly_empty_leaves_the_feeds_as_they_were(site: Site)
 
     # Emptied on purpose: say so once; from then on an empty folder is what is expected.
     emptied = site.builder().build(NOW, allow_empty=True)
-    assert sorted(emptied.removed) == FEEDS_OF["a"] + FEEDS_OF["b"]
+    assert sorted(emptied.removed) == FILES_OF["a"] + FILES_OF["b"]
     assert read_feed("feed.atom", site.feed("feed.atom")).entries == []
     assert site.build(NOW).published == 0
 

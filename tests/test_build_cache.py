@@ -89,8 +89,8 @@ def test_an_edit_renders_only_the_feeds_that_show_the_post(site: Site) -> None:
     report = builder.build(NOW)
     assert sorted(report.written) == sorted(
         f"{stem}.{fmt}" for stem in ("feed", "tags/even", "tags/t2")
-        for fmt in ("atom", "rss", "json"))
-    assert report.rendered == 9
+        for fmt in ("atom", "rss", "json", "html"))  # and each feed's page
+    assert report.rendered == 12
     assert b"Post 29, edited" in site.feed("feed.atom")
 
 

@@ -51,5 +51,6 @@ def test_a_posts_folder_suddenly_empty_is_an_error_until_allowed(site: Site) -> 
     # Only notes (the ledger's): each published post is said to be gone, nothing else.
     assert [line.split(": note: ", 1)[1][:23] for line in err.splitlines()] == [
         "the published post tag:"] * 2
-    assert out.startswith("0 published posts;") and "3 removed" in out
+    # The tag feed in its three formats, and its page for browsers.
+    assert out.startswith("0 published posts;") and "4 removed" in out
     assert read_feed("feed.atom", site.feed("feed.atom")).entries == []

@@ -276,7 +276,9 @@ def test_tag_feeds_hold_only_posts_with_that_tag(blog: Site, tag: str, fmt: str)
 def test_tag_feeds_exist_only_for_tags_of_published_posts(blog: Site) -> None:
     blog.build(NOW)
     tag_feeds = sorted(p.name for p in (blog.output / "tags").iterdir())
-    assert tag_feeds == sorted(f"{t}.{f}" for t in ("python", "rust", "web") for f in FORMATS)
+    # Each tag's feed in every format, and its page for browsers.
+    assert tag_feeds == sorted(f"{t}.{f}" for t in ("python", "rust", "web")
+                               for f in (*FORMATS, "html"))
 
 
 def test_future_post_appears_once_its_time_has_come(blog: Site) -> None:
@@ -452,7 +454,7 @@ def test_tags_with_the_same_file_name_share_one_feed(site: Site) -> None:
     site.write_post("b.md", "B.\n", title="B", date=date(2025, 1, 2), tags=["c"])
     report = site.build(NOW)
     assert [n for n in report.feeds if n.startswith("tags/")] == [
-        "tags/c.atom", "tags/c.rss", "tags/c.json"
+        "tags/c.atom", "tags/c.rss", "tags/c.json", "tags/c.html"
     ]
     feed = read_feed("tags/c.atom", report.feeds["tags/c.atom"])
     assert [e.title for e in feed.entries] == ["B", "A"]
@@ -460,8 +462,8 @@ def test_tags_with_the_same_file_name_share_one_feed(site: Site) -> None:
 
 def test_empty_site_gives_valid_empty_feeds(site: Site) -> None:
     report = site.build(NOW)
-    assert sorted(n for n in report.feeds if not n.endswith(".xsl")) == [
-        "feed.atom", "feed.json", "feed.rss"
+    assert sorted(report.feeds) == [
+        "feed.atom", "feed.html", "feed.json", "feed.rss", "feeds-head.html"
     ]
     for name in ("feed.atom", "feed.rss", "feed.json"):
         feed = read_feed(name, report.feeds[name])
@@ -509,7 +511,7 @@ def test_only_the_configured_formats_are_written(make_site: Callable[..., Site])
     site = make_site(feeds={"formats": ["json"], "per_tag": False})
     site.write_post("a.md", "A.\n", title="A", date=date(2025, 1, 1), tags=["x"])
     report = site.build(NOW)
-    assert [n for n in report.feeds if not n.endswith(".xsl")] == ["feed.json"]
+    assert list(report.feeds) == ["feed.json", "feed.html", "feeds-head.html"]
 
 
 def test_feed_without_subtitle(make_site: Callable[..., Site]) -> None:

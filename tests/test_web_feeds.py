@@ -34,7 +34,10 @@ POSTS = {  # slug: (title, tags, days ago)
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonSite, str]]:
     """A built site served by `postroom serve`; yields the site and its base URL."""
     root = tmp_path_factory.mktemp("feeds") / "site"
-    with DaemonSite.create(root, smtp_port=free_port(), web={"feed_max_age": MAX_AGE}) as site:
+    # The XSL stylesheet for browsers (opt-in since browsers drop XSLT; the HTML pages
+    # that replace it are tested in test_feed_pages.py).
+    with DaemonSite.create(root, smtp_port=free_port(), web={"feed_max_age": MAX_AGE},
+                           feeds={"for_browsers": "xsl"}) as site:
         now = datetime.now(UTC)
         for slug, (title, tags, days) in POSTS.items():
             site.write_post(slug, title, now - timedelta(days=days), tags=tags)

@@ -41,6 +41,8 @@ from postroom.parsecache import RACY_NS
 from postroom.posts import FeedTimes, Post, PostChanged, later, tag_slug
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
+
     from postroom.feeds import FeedSpec
     from postroom.render import RenderedPost, Renderer
 
@@ -77,10 +79,12 @@ class BuildReport:
 class PlannedFeed:
     """One feed file of a build: its spec, its entries (newest first) and its input key."""
 
-    spec: FeedSpec | None  # None: the XSL stylesheet
+    spec: FeedSpec | None  # None: the XSL stylesheet, the head snippet
     entries: tuple[Post, ...]
     key: str
-    archive: bool = False  # an RFC 5005 archive page: its renderings are not kept
+    # "feed"; "archive" (an RFC 5005 archive: its renderings are not kept); "page" (the
+    # feed's HTML page, of `spec`'s feed); "stylesheet" (XSL); "snippet" (the <head> links)
+    kind: str = "feed"
 
 
 class FeedBytes(Mapping[str, bytes]):
@@ -125,6 +129,7 @@ class SiteBuilder:
         self._recorded_posts: set[Post] = set()
         self.last_scan: Scan | None = None
         self._renderer: Renderer | None = None
+        self._templates: Environment | None = None
         self._rendered: dict[Post, RenderedPost] = {}
         self._bytes: dict[str, tuple[str, bytes]] = {}  # path -> (key, bytes) last built
         self._plan: tuple[Scan, int, list[tuple[str, PlannedFeed]]] | None = None
@@ -184,15 +189,35 @@ class SiteBuilder:
             planned.append((spec.path, self._planned(spec, entries)))
             if scope is None and spec.format in ARCHIVED and pages:
                 planned += self._archives(spec, pages)
-        if any(fmt in ("atom", "rss") for fmt in self.settings.feeds.formats):
-            planned.append((STYLESHEET, PlannedFeed(None, (), self._stylesheet_key())))
+        planned += self._for_browsers(planned)
         self._plan = (scan, len(published), planned)
         return planned
 
-    def _planned(self, spec: FeedSpec, entries: tuple[Post, ...], archive: bool = False
+    def _planned(self, spec: FeedSpec, entries: tuple[Post, ...], kind: str = "feed"
                  ) -> PlannedFeed:
         key = self._key(spec.path, entries, repr(spec.history))
-        return PlannedFeed(spec, entries, key, archive)
+        return PlannedFeed(spec, entries, key, kind)
+
+    def _for_browsers(self, feeds: list[tuple[str, PlannedFeed]]
+                      ) -> list[tuple[str, PlannedFeed]]:
+        """The files for people: an HTML page per feed (one for its formats) and the
+        <head> snippet; or, where the site asks for it, the XSL stylesheet."""
+        from postroom.feedpages import HEAD_SNIPPET, PAGE_TEMPLATE, page_path
+
+        formats = self.settings.feeds.formats
+        if self.settings.feeds.for_browsers == "xsl":
+            if not any(fmt in ARCHIVED for fmt in formats):
+                return []
+            return [(STYLESHEET, PlannedFeed(None, (), self._templates_key(STYLESHEET),
+                                             "stylesheet"))]
+        templates = self._templates_key(PAGE_TEMPLATE, "_page.html")
+        planned = [(page_path(name), PlannedFeed(
+            feed.spec, feed.entries, self._key(page_path(name), feed.entries, templates),
+            "page"))
+            for name, feed in feeds if feed.kind == "feed" and feed.spec is not None
+            and feed.spec.format == formats[0]]
+        return [*planned, (HEAD_SNIPPET, PlannedFeed(None, (), self._key(HEAD_SNIPPET, ()),
+                                                     "snippet"))]
 
     def _with_history(self, spec: FeedSpec, total: int, pages: int) -> FeedSpec:
         """A feed that shows every post says so; with archives, the main feed links to the
@@ -219,7 +244,7 @@ class SiteBuilder:
                 history=archive_history(number, len(pages),
                                         lambda n: self._archive_url(n, main.format),
                                         main.self_url))
-            planned.append((path, self._planned(spec, tuple(page), archive=True)))
+            planned.append((path, self._planned(spec, tuple(page), "archive")))
         return planned
 
     def _archive_url(self, page: int, fmt: str) -> str:
@@ -234,12 +259,15 @@ class SiteBuilder:
                 digest.update(f"\0{moved[0]}\0{moved[1]}".encode())
         return digest.hexdigest()
 
-    def _stylesheet_key(self) -> str:
+    def _templates_key(self, *names: str) -> str:
+        """A key of the settings, the code and the template files of these names (the
+        site's own and the defaults): an edited template is a new key."""
         from postroom.templates import DEFAULT_TEMPLATES
 
         digest = hashlib.sha256(self._stamp.encode())
-        for folder in (self.settings.templates_dir, DEFAULT_TEMPLATES):
-            digest.update(f"\0{_stat_stamp(folder / STYLESHEET)}".encode())
+        for name in names:
+            for folder in (self.settings.templates_dir, DEFAULT_TEMPLATES):
+                digest.update(f"\0{name}\0{_stat_stamp(folder / name)}".encode())
         return digest.hexdigest()
 
     # ---- rendering -------------------------------------------------------------------
@@ -249,20 +277,32 @@ class SiteBuilder:
         known = self._bytes.get(name)
         if known is not None and known[0] == planned.key:
             return known[1]
-        if planned.spec is None:
-            data = self.stylesheet()
-        else:
-            from postroom.feeds import render_feed
-
-            if planned.archive:  # rendered once in a long while: not worth the memory
-                rendered = [self._rendered.get(p) or self.renderer.render(self.settings, p)
-                            for p in planned.entries]
-            else:
-                rendered = [self.rendered(p) for p in planned.entries]
-            data = render_feed(planned.spec, self._at_feed_times(planned.entries, rendered))
+        data = self._render(planned)
         self._bytes[name] = (planned.key, data)
         self.renders += 1
         return data
+
+    def _render(self, planned: PlannedFeed) -> bytes:
+        if planned.kind == "stylesheet":
+            return self.stylesheet()
+        if planned.kind == "snippet":
+            from postroom.feedpages import head_snippet
+
+            return head_snippet(self.settings)
+        assert planned.spec is not None
+        if planned.kind == "archive":  # rendered once in a long while: not worth the memory
+            rendered = [self._rendered.get(p) or self.renderer.render(self.settings, p)
+                        for p in planned.entries]
+        else:
+            rendered = [self.rendered(p) for p in planned.entries]
+        shown = self._at_feed_times(planned.entries, rendered)
+        if planned.kind == "page":
+            from postroom.feedpages import render_feed_page
+
+            return render_feed_page(self.templates, self.settings, planned.spec, shown)
+        from postroom.feeds import render_feed
+
+        return render_feed(planned.spec, shown)
 
     def _at_feed_times(self, posts: Sequence[Post], rendered: list[RenderedPost]
                        ) -> list[RenderedPost]:
@@ -278,13 +318,21 @@ class SiteBuilder:
 
     def stylesheet(self) -> bytes:
         """Return the XSL stylesheet that makes a feed readable in a browser."""
-        from postroom.templates import render, template_environment
+        from postroom.templates import render
 
         context = {"site": {"title": self.settings.site.title,
                             "url": self.settings.site.base_url + "/",
                             "subscribe_url": self.settings.public_url + "/subscribe"}}
-        templates = template_environment(self.settings.templates_dir)
-        return render(templates, STYLESHEET, context).encode("utf-8")
+        return render(self.templates, STYLESHEET, context).encode("utf-8")
+
+    @property
+    def templates(self) -> Environment:
+        """The site's templates (loaded when a page or the stylesheet is first rendered)."""
+        if self._templates is None:
+            from postroom.templates import template_environment
+
+            self._templates = template_environment(self.settings.templates_dir)
+        return self._templates
 
     def feeds(self, scan: Scan, now: datetime) -> dict[str, bytes]:
         """Given a scan and the time, return every feed file's relative path and bytes."""
@@ -292,7 +340,7 @@ class SiteBuilder:
 
     def _forget_unused(self, planned: list[tuple[str, PlannedFeed]]) -> None:
         # Memory follows the feeds' size: renderings of posts that left every feed go.
-        used = {post for _, p in planned if not p.archive for post in p.entries}
+        used = {post for _, p in planned if p.kind != "archive" for post in p.entries}
         if len(self._rendered) > len(used):
             self._rendered = {p: r for p, r in self._rendered.items() if p in used}
         names = {name for name, _ in planned}
@@ -361,14 +409,13 @@ class SiteBuilder:
         its report again, having read no post. Else None: build."""
         last = self._last_state()
         outcome = last.outcome
-        if outcome is None or outcome.stamp != self._stamp or (
+        if outcome is None or outcome.stamp != self._outcome_stamp() or (
                 outcome.until is not None and datetime.fromisoformat(outcome.until) <= now):
             return None
         walk, count = self.collection.fingerprint()
         folder = self.settings.output_dir
         if walk != outcome.walk or count == 0 or any(
-                _size(folder / name) != size for name, size in last.sizes.items()) or \
-                last.inputs.get(STYLESHEET, self._stylesheet_key()) != self._stylesheet_key():
+                _size(folder / name) != size for name, size in last.sizes.items()):
             return None
         names = sorted(last.inputs)
         return BuildReport(
@@ -396,6 +443,15 @@ class SiteBuilder:
         else:
             self._recorded_posts.update(fresh)
 
+    def _outcome_stamp(self) -> str:
+        """What a "nothing changed" answer holds for besides the posts: the settings, the
+        code, and the templates of the pages (or the stylesheet)."""
+        from postroom.feedpages import PAGE_TEMPLATE
+
+        names = (STYLESHEET,) if self.settings.feeds.for_browsers == "xsl" \
+            else (PAGE_TEMPLATE, "_page.html")
+        return self._templates_key(*names)
+
     def _outcome(self, scan: Scan, report: BuildReport, now: datetime) -> Outcome | None:
         if self.state_file is None or not self.remember_outcome or \
                 self.collection.newest_mtime_ns() > time.time_ns() - RACY_NS:
@@ -404,7 +460,7 @@ class SiteBuilder:
             return None
         walk, _ = self.collection.fingerprint(of_last_scan=True)
         upcoming = [p.published for p in scan.posts if not p.draft and p.published > now]
-        return Outcome(walk=walk, stamp=self._stamp,
+        return Outcome(walk=walk, stamp=self._outcome_stamp(),
                        until=min(upcoming).isoformat() if upcoming else None,
                        published=report.published, post_files=report.post_files,
                        problems=[(str(p.path), p.line, p.message) for p in report.problems],

@@ -155,6 +155,11 @@ class FeedSettings(Section):
     # RFC 5005 archives: pages of `entries` posts from the oldest, so a reader can fetch
     # the whole history (archive/1.atom …); the feeds link to them. Atom and RSS.
     archives: bool = False
+    # What a browser that opens a feed gets: "page", a readable HTML page of the feed
+    # (served for /feed.atom … when the browser prefers HTML, and written beside each feed
+    # as feed.html, tags/<tag>.html for static hosting); or "xsl", the feed as XML with an
+    # XSL stylesheet (feed.xsl), which browsers are removing.
+    for_browsers: Literal["page", "xsl"] = "page"
     summary_length: int = Field(default=300, ge=40, le=5_000)
     # Where the feeds are served; defaults to the site's base URL.
     url: str | None = None

@@ -95,7 +95,8 @@ def plan_feeds(settings: Settings, tags: Sequence[str]) -> list[tuple[FeedSpec, 
                 author_url=site.author.url,
                 full_content=feeds.content == "full",
                 # Path-absolute: browsers apply only a same-origin stylesheet.
-                stylesheet=f"{urlsplit(settings.feeds_url).path}/{STYLESHEET}",
+                stylesheet=f"{urlsplit(settings.feeds_url).path}/{STYLESHEET}"
+                if feeds.for_browsers == "xsl" else None,
                 hub=feeds.hub,
             )
             plans.append((spec, tag))

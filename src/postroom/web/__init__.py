@@ -124,6 +124,7 @@ def create_app(state: WebState) -> PostroomApp:
         Route("/feed.rss", feed, methods=["GET", "HEAD"]),
         Route("/feed.json", feed, methods=["GET", "HEAD"]),
         Route("/feed.xsl", feed, methods=["GET", "HEAD"]),
+        Route("/feed.html", feed, methods=["GET", "HEAD"]),
         Route("/tags/{name}", feed, methods=["GET", "HEAD"]),
         Route("/subscribe", pages.subscribe_form, methods=["GET"], name="subscribe_form"),
         Route("/subscribe", pages.subscribe, methods=["POST"], name="subscribe"),

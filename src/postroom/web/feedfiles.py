@@ -9,6 +9,7 @@ hash of the bytes) and every header of its 200 and its 304, for each representat
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gzip
 import hashlib
@@ -31,10 +32,12 @@ CONTENT_TYPES = {
     ".rss": "application/rss+xml; charset=utf-8",
     ".json": "application/feed+json; charset=utf-8",
     ".xsl": "text/xsl; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
 }
 # What the routes serve: these at the top of the output folder, and tags/<tag>.<suffix>.
-TOP_LEVEL_NAMES = ("feed.atom", "feed.rss", "feed.json", "feed.xsl")
-TAG_SUFFIXES = (".atom", ".rss", ".json")
+TOP_LEVEL_NAMES = ("feed.atom", "feed.rss", "feed.json", "feed.xsl", "feed.html")
+TAG_SUFFIXES = (".atom", ".rss", ".json", ".html")
+FEED_SUFFIXES = (".atom", ".rss", ".json")  # those with an HTML page for browsers
 # Browsers apply a feed's XSL stylesheet only to a document served as plain XML.
 BROWSER_XML = "application/xml; charset=utf-8"
 BROWSER_SUFFIXES = (".atom", ".rss")
@@ -87,6 +90,9 @@ class FeedFile:
     last_modified: bytes
     mtime: int  # whole seconds, as Last-Modified says it
     representations: Mapping[tuple[bool, bool], Representation]  # (gzip, browser) → answers
+    # The feed's HTML page (feed.html for feed.atom): what a browser gets instead, with its
+    # own validators. None: the browser gets the feed (as plain XML, for an XSL stylesheet).
+    page: FeedFile | None = None
 
     def representation(self, gzipped: bool, browser: bool) -> Representation:
         return self.representations[gzipped, browser]
@@ -126,10 +132,21 @@ class FeedFiles:
                     current = read_feed_file(path, self.max_age, current, self.links(name))
                 if current is not None:
                     new[name] = current
+            _attach_pages(new)
             changed = new.keys() != old.keys() or any(new[n] is not old[n] for n in new)
             if changed:
                 self.snapshot = new
             return changed
+
+
+def _attach_pages(files: dict[str, FeedFile]) -> None:
+    """Give each feed its HTML page, where the build wrote one (kept as it was if the same)."""
+    for name, feed in files.items():
+        if os.path.splitext(name)[1] not in FEED_SUFFIXES:
+            continue
+        page = files.get(name.rsplit(".", 1)[0] + ".html")
+        if feed.page is not page:
+            files[name] = dataclasses.replace(feed, page=page)
 
 
 def served_files(folder: Path) -> Iterator[tuple[str, Path, Version]]:
@@ -237,7 +254,10 @@ def choose(feed: FeedFile, accept_encoding: bytes, accept: bytes, if_none_match:
            if_modified_since: bytes | None) -> Reply:
     """Given a file and the request's headers, return its 304 or its 200 (gzipped if
     accepted; served as plain XML to a browser)."""
-    representation = feed.representation(b"gzip" in accept_encoding, _is_browser(accept))
+    browser = prefers_html(accept)
+    if browser and feed.page is not None:
+        feed, browser = feed.page, False  # a person: the feed's page, with its validators
+    representation = feed.representation(b"gzip" in accept_encoding, browser)
     if is_not_modified(feed, representation.etag, if_none_match, if_modified_since):
         return representation.not_modified
     return representation.ok
@@ -262,9 +282,33 @@ def is_not_modified(feed: FeedFile, etag: bytes, if_none_match: bytes | None,
     return False
 
 
-def _is_browser(accept: bytes) -> bool:
-    return b"text/html" in accept and b"application/atom+xml" not in accept \
-        and b"application/rss+xml" not in accept
+HTML_TYPES = (b"text/html", b"application/xhtml+xml")
+FEED_TYPES = (b"application/atom+xml", b"application/rss+xml", b"application/feed+json",
+              b"application/json", b"application/xml", b"text/xml")
+
+
+def prefers_html(accept: bytes) -> bool:
+    """Whether an Accept header ranks HTML above every feed type (a browser's does:
+    "text/html,…,application/xml;q=0.9,…"); `*/*` counts for neither."""
+    if b"html" not in accept:  # what feed readers send: decided without parsing
+        return False
+    best_html = best_feed = 0.0
+    for item in accept.split(b","):
+        media_type, _, parameters = item.partition(b";")
+        media_type = media_type.strip().lower()
+        quality = 1.0
+        for parameter in parameters.split(b";"):
+            key, _, value = parameter.partition(b"=")
+            if key.strip().lower() == b"q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        if media_type in HTML_TYPES:
+            best_html = max(best_html, quality)
+        elif media_type in FEED_TYPES:
+            best_feed = max(best_feed, quality)
+    return best_html > 0 and best_html > best_feed
 
 
 # ---- answering ----------------------------------------------------------------------------
