@@ -12,6 +12,7 @@ import re
 from datetime import date
 from pathlib import Path
 
+import lxml.html
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -111,6 +112,16 @@ def test_arbitrary_posts_give_well_formed_feeds_that_round_trip(
             read_feed(name, data)  # lxml, feedparser without bozo, and the two agree
         elif name.endswith(".json"):
             json.loads(data.decode("utf-8"))
+        elif name == "feeds-head.html":
+            assert all(line.startswith(b"<link ") for line in data.splitlines())
+        elif name.endswith(".html"):
+            # A feed's page for browsers: whatever the titles hold, they are text there,
+            # the same text as in its Atom feed.
+            atom_name = name.removesuffix(".html") + ".atom"
+            atom = read_feed(atom_name, report.feeds[atom_name])
+            page = lxml.html.fromstring(data)
+            assert [a.text_content() for a in page.xpath("//article/h3/a")] == [
+                e.title for e in atom.entries]
         else:
             parse_xml(data)
 

@@ -131,7 +131,14 @@ def feed_files(output: Path) -> dict[str, bytes]:
 
 
 def whole(name: str, data: bytes) -> bool:
-    """Whether a feed file parses as a whole (XML, or JSON for .json)."""
+    """Whether a feed file parses as a whole (XML, JSON for .json; an HTML page ends with
+    its </html>, the <head> snippet with a whole <link> line)."""
+    if name.endswith(".html"):
+        lines = data.decode("utf-8", "replace").splitlines()
+        if name == "feeds-head.html":
+            return bool(lines) and all(ln.startswith("<link ") and ln.endswith(">")
+                                       for ln in lines)
+        return data.rstrip().endswith(b"</html>")
     try:
         if name.endswith(".json"):
             json.loads(data)
