@@ -12,7 +12,7 @@ import pytest
 from lxml import html
 
 from daemonproc import DaemonSite, free_port
-from postroom.web.feedfiles import prefers_html
+from postroom.web.feedfiles import FeedFiles, choose, prefers_html
 from sites import NOW, Site
 
 CHROME = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
@@ -127,3 +127,27 @@ def test_the_page_follows_the_feed_after_a_rebuild(client: httpx.Client,
     direct = client.get("/feed.html", headers=IDENTITY)  # the page at its own URL too
     assert direct.headers["content-type"] == "text/html; charset=utf-8"
     assert direct.content == after.content
+
+
+def test_archives_and_pages_are_served_and_a_pages_304_keeps_the_page_policy(
+        make_site: Callable[..., Site]) -> None:
+    site = make_site(feeds={"entries": 2, "archives": True, "per_tag": False})
+    for n in range(1, 6):
+        site.write_post(f"p{n}.md", f"Body {n}.\n", title=f"Post {n}", date=date(2025, 1, n))
+    site.build(NOW)
+    feeds = FeedFiles(site.output, max_age=60)
+    feeds.refresh()
+    assert {"archive/1.atom", "archive/2.rss", "feed.html"} <= set(feeds.snapshot)
+    archive = feeds.lookup("archive/1.atom")
+    assert archive is not None and archive.body == site.feed("archive/1.atom")
+    feed = feeds.lookup("feed.atom")
+    assert feed is not None and feed.page is not None
+    page_ok = choose(feed, b"", CHROME.encode(), None, None)
+    page_304 = choose(feed, b"", CHROME.encode(), dict(page_ok.wire_headers)[b"etag"], None)
+    feed_304 = choose(feed, b"", READER.encode(), feed.representation(False, False).etag, None)
+    assert (page_ok.status, page_304.status, feed_304.status) == (200, 304, 304)
+    page_policy, page_304_policy, feed_304_policy = (
+        dict(reply.wire_headers)[b"content-security-policy"]
+        for reply in (page_ok, page_304, feed_304))
+    assert page_304_policy == page_policy != feed_304_policy
+    assert b"script-src" not in page_policy

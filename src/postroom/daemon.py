@@ -29,7 +29,7 @@ from postroom.templates import template_environment
 from postroom.transport import make_transport
 from postroom.watch import watch_folder
 from postroom.web import create_app
-from postroom.web.server import server_config
+from postroom.web.server import run_loop, server_config
 from postroom.web.state import Health, WebState
 from postroom.websub import HubNotifier, pings_for
 
@@ -155,19 +155,36 @@ class Daemon:
             report, upcoming = await self._in_builder_thread(self._build_blocking,
                                                              self.builder, now, changed)
         except (PostroomError, OSError) as err:
-            # The feeds on disk are kept as they were (each file whole, also on a full
-            # disk); say it once, not on every scan.
-            if isinstance(err, OSError):
-                err = OutputError.of(self.settings.output_dir, err)
-            if str(err) != self.build_error:
-                log.error("feeds not rebuilt: %s", err)
-            self.build_error = str(err)
+            self._build_failed(err)
             return
+        if report.written or report.removed:
+            # Served before anything is said or the hub is told (a hub fetches the feeds
+            # it is told of). A failure is the web app's to report: it refreshes each second.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.web.feeds.refresh)
+        self._say_what_changed(report)
+        self.health.last_build = now
+        # Returns at once: the hub is told (and retried) in tasks of the notifier's own.
+        self.hub_pings.publish(pings_for(self.settings, report.written))
+        # A post dated in the future is published at its date, not at the next rescan.
+        if upcoming and self.scheduler is not None and not self.stopping.is_set():
+            self.scheduler.add_job(self._job(self.rebuild), "date", run_date=upcoming,
+                                   id="publish", replace_existing=True)
+
+    def _build_failed(self, err: PostroomError | OSError) -> None:
+        # The feeds on disk are kept as they were (each file whole, also on a full disk);
+        # say it once, not on every scan.
+        if isinstance(err, OSError):
+            err = OutputError.of(self.settings.output_dir, err)
+        if str(err) != self.build_error:
+            log.error("feeds not rebuilt: %s", err)
+        self.build_error = str(err)
+
+    def _say_what_changed(self, report: BuildReport) -> None:
         if self.build_error is not None:
             log.info("feeds rebuilt again after: %s", self.build_error)
             self.build_error = None
-        self.health.last_build = now
-        # Each problem is said once, when it appears, not on every scan.
+        # Each problem and note is said once, when it appears, not on every scan.
         problems = {str(p) for p in report.problems}
         for problem in sorted(problems - self.post_problems):
             log.warning("post problem: %s", problem)
@@ -178,16 +195,6 @@ class Daemon:
         if report.written or report.removed:
             log.info("feeds rebuilt: %d published posts, %d file(s) written, %d removed",
                      report.published, len(report.written), len(report.removed))
-            # Served before the hub hears of them: a hub fetches the feeds it is told of.
-            # (A failure is the web app's to report: its own refresh says it each second.)
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.web.feeds.refresh)
-        # Returns at once: the hub is told (and retried) in tasks of the notifier's own.
-        self.hub_pings.publish(pings_for(self.settings, report.written))
-        # A post dated in the future is published at its date, not at the next rescan.
-        if upcoming and self.scheduler is not None and not self.stopping.is_set():
-            self.scheduler.add_job(self._job(self.rebuild), "date", run_date=upcoming,
-                                   id="publish", replace_existing=True)
 
     @staticmethod
     def _build_blocking(builder: SiteBuilder, now: datetime, changed: set[Path]
@@ -434,7 +441,7 @@ def run(settings: Settings, config_path: Path | None, once: bool) -> None:
         else:
             await daemon.run_forever()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 
@@ -479,4 +486,4 @@ def serve(settings: Settings, host: str, port: int) -> None:
         server.should_exit = True
         await serving
 
-    asyncio.run(main())
+    run_loop(main())

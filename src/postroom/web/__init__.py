@@ -126,6 +126,7 @@ def create_app(state: WebState) -> PostroomApp:
         Route("/feed.xsl", feed, methods=["GET", "HEAD"]),
         Route("/feed.html", feed, methods=["GET", "HEAD"]),
         Route("/tags/{name}", feed, methods=["GET", "HEAD"]),
+        Route("/archive/{name}", feed, methods=["GET", "HEAD"]),
         Route("/subscribe", pages.subscribe_form, methods=["GET"], name="subscribe_form"),
         Route("/subscribe", pages.subscribe, methods=["POST"], name="subscribe"),
         Route("/subscribe/snippet", pages.snippet, methods=["GET"]),

@@ -38,6 +38,8 @@ CONTENT_TYPES = {
 TOP_LEVEL_NAMES = ("feed.atom", "feed.rss", "feed.json", "feed.xsl", "feed.html")
 TAG_SUFFIXES = (".atom", ".rss", ".json", ".html")
 FEED_SUFFIXES = (".atom", ".rss", ".json")  # those with an HTML page for browsers
+# The folders whose files are served, and which: tag feeds, and RFC 5005 archive pages.
+SUBFOLDERS = {"tags": TAG_SUFFIXES, "archive": (".atom", ".rss")}
 # Browsers apply a feed's XSL stylesheet only to a document served as plain XML.
 BROWSER_XML = "application/xml; charset=utf-8"
 BROWSER_SUFFIXES = (".atom", ".rss")
@@ -157,29 +159,35 @@ def served_files(folder: Path) -> Iterator[tuple[str, Path, Version]]:
         found = _regular_file(path)
         if found is not None:
             yield name, path, version_of(found)
-    tags = folder / "tags"
+    for sub, suffixes in SUBFOLDERS.items():
+        yield from _served_in(folder / sub, sub, suffixes)
+
+
+def _served_in(folder: Path, prefix: str, suffixes: tuple[str, ...]
+               ) -> Iterator[tuple[str, Path, Version]]:
     # A symlinked tags/ could lead anywhere: only a real folder is listed.
-    found = _lstat(tags)
+    found = _lstat(folder)
     if found is None or not stat.S_ISDIR(found.st_mode):
         return
-    with os.scandir(tags) as entries:
+    with os.scandir(folder) as entries:
         for entry in entries:
-            if not _servable_tag_name(entry.name) or not entry.is_file(follow_symlinks=False):
+            if not _servable_name(entry.name, suffixes) or \
+                    not entry.is_file(follow_symlinks=False):
                 continue
             try:
                 found = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # removed while listed
                 continue
-            yield f"tags/{entry.name}", Path(entry.path), version_of(found)
+            yield f"{prefix}/{entry.name}", Path(entry.path), version_of(found)
 
 
 def version_of(found: os.stat_result) -> Version:
     return found.st_ino, found.st_size, found.st_mtime_ns
 
 
-def _servable_tag_name(name: str) -> bool:
+def _servable_name(name: str, suffixes: tuple[str, ...]) -> bool:
     # Hidden files are a build's temporary files; a control character never names a feed.
-    return (not name.startswith(".") and os.path.splitext(name)[1] in TAG_SUFFIXES
+    return (not name.startswith(".") and os.path.splitext(name)[1] in suffixes
             and not any(ord(c) < 32 or c == "\x7f" for c in name))
 
 
@@ -225,7 +233,8 @@ def read_feed_file(path: Path, max_age: int, previous: FeedFile | None = None,
                   (b"cache-control", f"public, max-age={max_age}".encode("ascii"))]
         if link:
             common.append((b"link", link.encode("ascii")))
-        not_modified = _reply(304, common, None, b"")
+        # A page's 304 keeps the page's policy (browsers merge it into the cached page).
+        not_modified = _reply(304, common + _page_policy(suffix), None, b"")
         for browser in (False, True):
             media_type = BROWSER_XML if browser and suffix in BROWSER_SUFFIXES \
                 else CONTENT_TYPES[suffix]
@@ -242,9 +251,19 @@ def read_feed_file(path: Path, max_age: int, previous: FeedFile | None = None,
                     representations=representations)
 
 
+def _page_policy(suffix: str) -> Headers:
+    if suffix != ".html":
+        return []
+    return [(k, v) for k, v in security_headers(200, b"text/html")
+            if k == b"content-security-policy"]
+
+
 def _reply(status: int, headers: Headers, content_type: bytes | None, body: bytes) -> Reply:
     app_headers = [*headers, (b"vary", APP_VARY)]
-    wire_headers = [*headers, (b"vary", WIRE_VARY), *security_headers(status, content_type)]
+    chosen = any(k == b"content-security-policy" for k, _ in headers)
+    wire_headers = [*headers, (b"vary", WIRE_VARY),
+                    *(h for h in security_headers(status, content_type)
+                      if not (chosen and h[0] == b"content-security-policy"))]
     return Reply(status, app_headers, wire_headers, body)
 
 

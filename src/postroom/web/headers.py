@@ -38,8 +38,11 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 content_type = next((v for k, v in headers if k == b"content-type"), None)
-                message["headers"] = headers + security_headers(message["status"],
-                                                                content_type)
+                added = security_headers(message["status"], content_type)
+                if any(k == b"content-security-policy" for k, _ in headers):
+                    # Chosen by the endpoint (a page's 304, which has no Content-Type).
+                    added = [(k, v) for k, v in added if k != b"content-security-policy"]
+                message["headers"] = headers + added
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -56,9 +59,9 @@ def security_headers(status: int, content_type: bytes | None) -> list[tuple[byte
 
 def policy_for(status: int, content_type: bytes | None) -> str:
     """Given a response's status and Content-Type, return its Content-Security-Policy."""
-    if status == 304:
-        # Only feeds answer 304, and a browser merges its headers into the cached feed's:
-        # it must keep the feed's policy.
+    if status == 304 and content_type is None:
+        # A browser merges a 304's headers into its cached copy: it must keep that copy's
+        # policy. Feeds answer 304 with no Content-Type; a feed's HTML page says it is one.
         return FEED_POLICY
     media_type = (content_type or b"").split(b";")[0].strip().lower()
     if media_type == b"text/html":
