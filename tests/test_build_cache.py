@@ -166,3 +166,40 @@ def test_a_post_coming_due_is_published_by_the_next_build_though_no_file_changed
     assert b"<title>Future</title>" in site.feed("feed.atom")
     again = site.build(datetime(2031, 1, 3, tzinfo=BERLIN))
     assert (again.parsed, again.rendered, again.published) == (0, 0, later.published)
+
+
+def test_a_rebuild_told_what_changed_sees_what_a_whole_walk_sees(
+        make_site: Callable[..., Site]) -> None:
+    # The daemon's watcher names the changed files: the rebuild looks at them alone.
+    told, walked = blog(make_site("told")), blog(make_site("walked"))
+    builders = [(told, SiteBuilder(told.settings())), (walked, SiteBuilder(walked.settings()))]
+    for _, builder in builders:
+        builder.build(NOW)
+    edits: list[Callable[[Site], set[Path]]] = [
+        lambda s: {s.write_post("p29.md", "Edited.\n", title="Post 29, edited",
+                                date="2025-01-15 05:30:00+05:00", tags=["even"])},
+        lambda s: {s.write_post("new.md", "New.\n", title="New", date=date(2025, 2, 1))},
+        lambda s: (s.posts / "p28.md").unlink() or {s.posts / "p28.md"},
+        lambda s: {s.write_raw(".p27.md.swp", "editor state")},  # not a post: nothing
+    ]
+    for edit in edits:
+        reports = []
+        for site, builder in builders:
+            paths = edit(site)
+            reports.append(builder.build(NOW, changed=paths if site is told else None))
+            if site is told:
+                looked_at = [p for p in paths if p.suffix == ".md" and p.exists()]
+        assert reports[0].parsed == len(looked_at)
+        assert sorted(reports[0].written) == sorted(reports[1].written)
+        assert output_bytes(told) == output_bytes(walked)
+    told_builder = builders[0][1]
+    # Looked at alone: a change nobody named waits for the next whole walk.
+    told.write_post("p26.md", "Unnamed.\n", title="Post 26, unnamed", date=date(2025, 1, 14))
+    told.write_post("p25.md", "Named.\n", title="Post 25, named", date=date(2025, 1, 13))
+    named = told_builder.build(NOW, changed={told.posts / "p25.md"})
+    assert named.parsed == 1 and told_builder.build(NOW).parsed == 1
+    # A folder among the changes: only a walk can tell what is in it.
+    (told.posts / "sub").mkdir()
+    told.write_post("sub/deep.md", "Deep.\n", title="Deep", date=date(2025, 3, 1))
+    report = told_builder.build(NOW, changed={told.posts / "sub"})
+    assert b"<title>Deep</title>" in told.feed("feed.atom") and report.parsed == 1

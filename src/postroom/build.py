@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -349,17 +349,19 @@ class SiteBuilder:
 
     # ---- building --------------------------------------------------------------------
 
-    def build(self, now: datetime, *, write: bool = True, allow_empty: bool = False
-              ) -> BuildReport:
+    def build(self, now: datetime, *, write: bool = True, allow_empty: bool = False,
+              changed: Iterable[Path] | None = None) -> BuildReport:
         """Scan, render and (unless write is False) write the feeds; return what happened.
 
         Raises PostsFolderError, writing nothing, when the posts folder is missing or
         unreadable, or has no post files while the last build had some (a folder moved or
         a disk not mounted must not empty the live feeds); `allow_empty` writes them empty.
+        `changed`: the paths a watcher saw change (the scan looks at those alone).
         """
         for attempt in range(ATTEMPTS):
             try:
-                return self._build_once(now, write=write, allow_empty=allow_empty)
+                return self._build_once(now, write=write, allow_empty=allow_empty,
+                                        changed=changed if attempt == 0 else None)
             except PostChanged as err:
                 # Scanned, then changed before its body was read: scan again.
                 self.collection.forget([err.path])
@@ -368,7 +370,8 @@ class SiteBuilder:
                                            f"{ATTEMPTS} builds, so none was written") from err
         raise AssertionError("unreachable")
 
-    def _build_once(self, now: datetime, *, write: bool, allow_empty: bool) -> BuildReport:
+    def _build_once(self, now: datetime, *, write: bool, allow_empty: bool,
+                    changed: Iterable[Path] | None = None) -> BuildReport:
         output = self.settings.output_dir
         if write and self.last_scan is None:
             unchanged = self._nothing_changed(now)
@@ -378,7 +381,7 @@ class SiteBuilder:
             self.collection.ledger = load_ledger(self.settings.ledger_file)
             self._ledger_loaded = True
         try:
-            scan = self.collection.scan()
+            scan = self.collection.scan(changed)
         except PostsFolderError as err:
             raise PostsFolderError(f"{err}; the feeds in {output} are left as they were") from err
         if write and not allow_empty and scan.files == 0:

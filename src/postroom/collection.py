@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -91,8 +92,13 @@ class PostCollection:
     _loaded: bool = False
     ledger: Ledger = field(default_factory=Ledger)  # the published entry IDs
 
-    def scan(self) -> Scan:
-        """Return the collection as it is on disk now, or raise PostsFolderError."""
+    def scan(self, changed: Iterable[Path] | None = None) -> Scan:
+        """Return the collection as it is on disk now, or raise PostsFolderError.
+
+        `changed`: the paths a watcher saw change since the last scan, when it saw them
+        all; only those are looked at (any doubt — a folder among them — and the whole
+        folder is walked). None: walk the whole folder.
+        """
         if not self.folder.is_dir():
             what = "is not a folder" if self.folder.exists() else "does not exist"
             raise PostsFolderError(f"{self.folder}: the posts folder {what}")
@@ -100,7 +106,8 @@ class PostCollection:
             self._loaded = True
             if self.cache_file is not None:
                 self._cache = load_parse_cache(self.cache_file, self.folder, self.zone)
-        seen, parsed = self._walk()
+        looked = self._look_at(changed) if changed is not None and self._last else None
+        seen, parsed = looked if looked is not None else self._walk()
         if parsed == 0 and seen.keys() == self._cache.keys() and self._last is not None:
             # Nothing changed: the same scan, already checked and sorted.
             self._last.changed, self._last.parsed = False, 0
@@ -147,6 +154,36 @@ class PostCollection:
         for path in paths:
             self._cache.pop(str(path), None)
 
+    def _look_at(self, changed: Iterable[Path]
+                 ) -> tuple[dict[str, tuple[FileKey, ParsedFile]], int] | None:
+        """The last scan's files with these paths stat'ed and parsed again; None when only
+        a walk can tell (a folder, or a path outside the posts folder)."""
+        prefix = str(self.folder) + os.sep
+        seen = dict(self._cache)
+        fresh: list[str] = []
+        for changed_path in changed:
+            path = str(changed_path)
+            if not path.startswith(prefix):
+                return None
+            *folders, name = path[len(prefix):].split(os.sep)
+            if any(part.startswith((".", "_")) for part in folders):
+                continue  # a folder the walk skips
+            try:
+                found = os.stat(path)
+            except FileNotFoundError:
+                if any(other.startswith(path + os.sep) for other in seen):
+                    return None  # a folder of posts went: walk
+                seen.pop(path, None)
+                continue
+            except OSError:
+                return None
+            if stat.S_ISDIR(found.st_mode):
+                return None  # a folder came or changed: walk
+            if is_post_file(name):
+                seen[path] = ((found.st_size, found.st_mtime_ns), _NOT_READ)
+                fresh.append(path)
+        return self._parse(seen, fresh), len(fresh)
+
     def _walk(self) -> tuple[dict[str, tuple[FileKey, ParsedFile]], int]:
         cache = self._cache
         seen: dict[str, tuple[FileKey, ParsedFile]] = {}
@@ -158,12 +195,16 @@ class PostCollection:
             where = err.filename or self.folder
             raise PostsFolderError(
                 f"{where}: cannot read the posts folder: {err.strerror or err}") from err
+        return self._parse(seen, fresh), len(fresh)
+
+    def _parse(self, seen: dict[str, tuple[FileKey, ParsedFile]], fresh: list[str]
+               ) -> dict[str, tuple[FileKey, ParsedFile]]:
         for path, outcome in zip(fresh, parse_files(fresh, self.zone), strict=True):
             # The post's own version is what was read: a file written since the stat is
             # parsed again next time rather than trusted under the older key.
             key = outcome.post.version if outcome.post is not None else seen[path][0]
             seen[path] = (key, outcome)
-        return seen, len(fresh)
+        return seen
 
 
 _NOT_READ = ParsedFile(None)

@@ -199,9 +199,9 @@ class Daemon:
     @staticmethod
     def _build_blocking(builder: SiteBuilder, now: datetime, changed: set[Path]
                         ) -> tuple[BuildReport, datetime | None]:
-        # Parse what the watcher saw change, even where size and mtime look the same.
-        builder.collection.forget(changed)
-        report = builder.build(now)
+        # What the watcher saw change is looked at alone (and parsed, even where size and
+        # mtime look the same); a rescan on the interval (nothing changed) walks it all.
+        report = builder.build(now, changed=changed or None)
         scan = builder.last_scan
         upcoming = [p.published for p in (scan.posts if scan else [])
                     if not p.draft and p.published > now]
