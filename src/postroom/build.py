@@ -1,8 +1,8 @@
 """Building the feeds: scan the collection, render the feeds whose entries changed, write them.
 
-Work follows change. Each feed file has an input key (a hash of the settings, postroom's
-code and the versions of the post files it shows); a feed whose key and file on disk are
-as the last build left them is neither rendered nor written. So a rescan with nothing
+Work follows change. Each file has an input key (`feedplan`: a hash of the settings,
+postroom's code and the versions of the post files it shows); a file whose key and size on
+disk are as the last build left them is neither rendered nor written. So a rescan with nothing
 changed costs the stat walk, an edit re-renders only the feeds that show the post (or that
 it leaves), and a CLI build with nothing changed reads no post (the parse cache) and
 renders nothing. Markdown, feedgen and Jinja are imported only when something is rendered.
@@ -10,8 +10,6 @@ renders nothing. Markdown, feedgen and Jinja are imported only when something is
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -21,12 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from postroom import __version__
 from postroom.buildstate import BuildState, Outcome, load_build_state, save_build_state
 from postroom.collection import PostCollection, PostsFolderError, Scan
 from postroom.config import Settings
 from postroom.errors import Problem
-from postroom.feedhistory import History, archive_history, archive_pages, archive_path
+from postroom.feedplan import STYLESHEET, FeedPlanner, Planned, PlannedFeed
 from postroom.ledger import load_ledger, record, save_ledger
 from postroom.output import (
     MANIFEST,
@@ -38,25 +35,20 @@ from postroom.output import (
     write_manifest,
 )
 from postroom.parsecache import RACY_NS
-from postroom.posts import FeedTimes, Post, PostChanged, later, tag_slug
+from postroom.posts import FeedTimes, Post, PostChanged, later
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-    from postroom.feeds import FeedSpec
     from postroom.render import RenderedPost, Renderer
 
 log = logging.getLogger(__name__)
 
-STYLESHEET = "feed.xsl"
 # How often a long-running builder writes the parse cache (seconds): writing 10,000
 # parses costs ~50 ms, too much for every edit.
 CACHE_SAVE_SECONDS = 300.0
-ARCHIVED = ("atom", "rss")  # the formats RFC 5005 history applies to
 # Rescans when a post changes while its body is being read (an editor saving as we build).
 ATTEMPTS = 3
-# postroom's own files whose code shapes a feed's bytes: a change to them is a new key.
-CODE = ("feeds.py", "render.py", "posts.py", "build.py")
 
 
 @dataclass
@@ -73,18 +65,6 @@ class BuildReport:
     post_files: int = 0  # good or bad: what the next build compares an empty folder with
     rendered: int = 0  # feed files rendered this build (the rest were known unchanged)
     notices: list[Problem] = field(default_factory=list)  # worth saying, not problems
-
-
-@dataclass(frozen=True)
-class PlannedFeed:
-    """One feed file of a build: its spec, its entries (newest first) and its input key."""
-
-    spec: FeedSpec | None  # None: the XSL stylesheet, the head snippet
-    entries: tuple[Post, ...]
-    key: str
-    # "feed"; "archive" (an RFC 5005 archive: its renderings are not kept); "page" (the
-    # feed's HTML page, of `spec`'s feed); "stylesheet" (XSL); "snippet" (the <head> links)
-    kind: str = "feed"
 
 
 class FeedBytes(Mapping[str, bytes]):
@@ -132,12 +112,12 @@ class SiteBuilder:
         self._templates: Environment | None = None
         self._rendered: dict[Post, RenderedPost] = {}
         self._bytes: dict[str, tuple[str, bytes]] = {}  # path -> (key, bytes) last built
-        self._plan: tuple[Scan, int, list[tuple[str, PlannedFeed]]] | None = None
+        self._plan: tuple[Scan, int, Planned] | None = None
         # What the feeds add to the times of posts whose written times others share, by
         # path (the plan's scan's: Scan.feed_times).
         self._feed_times: Mapping[str, FeedTimes] = {}
         self._state: BuildState | None = None
-        self._stamp = _settings_stamp(settings)
+        self.planner = FeedPlanner(settings)
         self.renders = 0  # feed files rendered by this builder, for reports and tests
 
     @classmethod
@@ -166,109 +146,15 @@ class SiteBuilder:
 
     # ---- planning --------------------------------------------------------------------
 
-    def plan(self, scan: Scan, now: datetime) -> list[tuple[str, PlannedFeed]]:
+    def plan(self, scan: Scan, now: datetime) -> Planned:
         """Given a scan and the time, return every feed file to build, by relative path."""
         published = scan.published(now)
         self._feed_times = scan.feed_times
         if self._plan is not None and self._plan[0] is scan and self._plan[1] == len(published):
             return self._plan[2]  # same scan, no post came due: the same feeds
-        from postroom.feeds import plan_feeds
-
-        limit = self.settings.feeds.entries
-        names: dict[str, str] = {}  # tag slug -> the tag as its newest post spells it
-        for post in published:
-            for tag in post.tags:
-                names.setdefault(tag_slug(tag), tag)
-        chosen, totals = _newest_per_tag(published, limit, self.settings.feeds.per_tag)
-        pages = archive_pages(published, limit) if self.settings.feeds.archives else []
-        planned: list[tuple[str, PlannedFeed]] = []
-        for spec, scope in plan_feeds(self.settings, sorted(names.values(), key=tag_slug)):
-            slug = _slug_of(scope)
-            entries = tuple(chosen.get(slug, ()))
-            spec = self._with_history(spec, totals.get(slug, 0), len(pages))
-            planned.append((spec.path, self._planned(spec, entries)))
-            if scope is None and spec.format in ARCHIVED and pages:
-                planned += self._archives(spec, pages)
-        planned += self._for_browsers(planned)
+        planned = self.planner.plan(published, scan.feed_times)
         self._plan = (scan, len(published), planned)
         return planned
-
-    def _planned(self, spec: FeedSpec, entries: tuple[Post, ...], kind: str = "feed"
-                 ) -> PlannedFeed:
-        key = self._key(spec.path, entries, repr(spec.history))
-        return PlannedFeed(spec, entries, key, kind)
-
-    def _for_browsers(self, feeds: list[tuple[str, PlannedFeed]]
-                      ) -> list[tuple[str, PlannedFeed]]:
-        """The files for people: an HTML page per feed (one for its formats) and the
-        <head> snippet; or, where the site asks for it, the XSL stylesheet."""
-        from postroom.feedpages import HEAD_SNIPPET, PAGE_TEMPLATE, page_path
-
-        formats = self.settings.feeds.formats
-        if self.settings.feeds.for_browsers == "xsl":
-            if not any(fmt in ARCHIVED for fmt in formats):
-                return []
-            return [(STYLESHEET, PlannedFeed(None, (), self._templates_key(STYLESHEET),
-                                             "stylesheet"))]
-        templates = self._templates_key(PAGE_TEMPLATE, "_page.html")
-        planned = [(page_path(name), PlannedFeed(
-            feed.spec, feed.entries, self._key(page_path(name), feed.entries, templates),
-            "page"))
-            for name, feed in feeds if feed.kind == "feed" and feed.spec is not None
-            and feed.spec.format == formats[0]]
-        return [*planned, (HEAD_SNIPPET, PlannedFeed(None, (), self._key(HEAD_SNIPPET, ()),
-                                                     "snippet"))]
-
-    def _with_history(self, spec: FeedSpec, total: int, pages: int) -> FeedSpec:
-        """A feed that shows every post says so; with archives, the main feed links to the
-        newest one (RFC 5005). JSON Feed has neither."""
-        if spec.format not in ARCHIVED:
-            return spec
-        if total <= self.settings.feeds.entries:
-            return dataclasses.replace(spec, history=History("complete"))
-        if pages and spec.path.startswith("feed."):
-            newest = self._archive_url(pages, spec.format)
-            return dataclasses.replace(spec, history=History(None, (("prev-archive", newest),)))
-        return spec
-
-    def _archives(self, main: FeedSpec, pages: list[list[Post]]) -> list[tuple[str, PlannedFeed]]:
-        """The archive documents of the main feed in its format, oldest page first."""
-        planned = []
-        for number, page in enumerate(pages, start=1):
-            path = archive_path(number, main.format)
-            spec = dataclasses.replace(
-                # No hub: the hub is told of the feeds, and archives change rarely.
-                main, path=path, self_url=f"{self.settings.feeds_url}/{path}", hub=None,
-                # Not "of N": a new page would change every archive.
-                title=f"{main.title} (archive {number})",
-                history=archive_history(number, len(pages),
-                                        lambda n: self._archive_url(n, main.format),
-                                        main.self_url))
-            planned.append((path, self._planned(spec, tuple(page), "archive")))
-        return planned
-
-    def _archive_url(self, page: int, fmt: str) -> str:
-        return f"{self.settings.feeds_url}/{archive_path(page, fmt)}"
-
-    def _key(self, path: str, entries: Sequence[Post], extra: str = "") -> str:
-        digest = hashlib.sha256(f"{self._stamp}\0{path}\0{extra}".encode())
-        for post in entries:
-            digest.update(f"\0{post.path}\0{post.version[0]}\0{post.version[1]}".encode())
-            moved = self._feed_times.get(str(post.path))
-            if moved is not None:  # its feed times follow other posts too: part of the key
-                digest.update(f"\0{moved[0]}\0{moved[1]}".encode())
-        return digest.hexdigest()
-
-    def _templates_key(self, *names: str) -> str:
-        """A key of the settings, the code and the template files of these names (the
-        site's own and the defaults): an edited template is a new key."""
-        from postroom.templates import DEFAULT_TEMPLATES
-
-        digest = hashlib.sha256(self._stamp.encode())
-        for name in names:
-            for folder in (self.settings.templates_dir, DEFAULT_TEMPLATES):
-                digest.update(f"\0{name}\0{_stat_stamp(folder / name)}".encode())
-        return digest.hexdigest()
 
     # ---- rendering -------------------------------------------------------------------
 
@@ -338,7 +224,7 @@ class SiteBuilder:
         """Given a scan and the time, return every feed file's relative path and bytes."""
         return {name: self.feed_bytes(name, planned) for name, planned in self.plan(scan, now)}
 
-    def _forget_unused(self, planned: list[tuple[str, PlannedFeed]]) -> None:
+    def _forget_unused(self, planned: Planned) -> None:
         # Memory follows the feeds' size: renderings of posts that left every feed go.
         used = {post for _, p in planned if p.kind != "archive" for post in p.entries}
         if len(self._rendered) > len(used):
@@ -453,7 +339,7 @@ class SiteBuilder:
 
         names = (STYLESHEET,) if self.settings.feeds.for_browsers == "xsl" \
             else (PAGE_TEMPLATE, "_page.html")
-        return self._templates_key(*names)
+        return self.planner.templates_key(*names)
 
     def _outcome(self, scan: Scan, report: BuildReport, now: datetime) -> Outcome | None:
         if self.state_file is None or not self.remember_outcome or \
@@ -477,7 +363,7 @@ class SiteBuilder:
                 load_build_state(self.state_file, self.settings.output_dir)
         return self._state
 
-    def _write(self, report: BuildReport, planned: list[tuple[str, PlannedFeed]], scan: Scan,
+    def _write(self, report: BuildReport, planned: Planned, scan: Scan,
                now: datetime) -> None:
         """Write the planned files that changed, remove feeds no longer built, and record
         what was built."""
@@ -518,34 +404,6 @@ class SiteBuilder:
         self._state = state
 
 
-def _newest_per_tag(published: Sequence[Post], limit: int, per_tag: bool
-                    ) -> tuple[dict[str | None, list[Post]], dict[str | None, int]]:
-    """Return the newest `limit` posts overall (key None) and per tag slug, and how many
-    posts each has, in one pass."""
-    chosen: dict[str | None, list[Post]] = {None: list(published[:limit])}
-    totals: dict[str | None, int] = {None: len(published)}
-    if not per_tag:
-        return chosen, totals
-    for post in published:
-        for slug in post.tag_slugs:
-            entries = chosen.setdefault(slug, [])
-            totals[slug] = totals.get(slug, 0) + 1
-            if len(entries) < limit:
-                entries.append(post)
-    return chosen, totals
-
-
-def _slug_of(tag: str | None) -> str | None:
-    return None if tag is None else tag_slug(tag)
-
-
-def _settings_stamp(settings: Settings) -> str:
-    """What, besides the posts, shapes the feeds: the settings and postroom's code."""
-    here = Path(__file__).parent
-    code = ",".join(_stat_stamp(here / name) for name in CODE)
-    return f"{__version__}\0{code}\0{settings.model_dump_json()}"
-
-
 def _size(path: Path) -> int:
     # Size only: the mtime of an unchanged file may be touched by others (backups, rsync),
     # and a file cut short or removed is what this must catch.
@@ -553,11 +411,3 @@ def _size(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return -1
-
-
-def _stat_stamp(path: Path) -> str:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return "-"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
