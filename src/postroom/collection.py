@@ -240,33 +240,20 @@ def _parse_chunk(paths: Sequence[str], zone: tzinfo) -> list[ParsedFile]:
 def _stat_walk(folder: str, cache: dict[str, tuple[FileKey, ParsedFile]],
                seen: dict[str, tuple[FileKey, ParsedFile]], fresh: list[str]) -> None:
     """Stat every post file under `folder`: a cached parse of the same size and mtime goes
-    into `seen`, any other path into `fresh` (to be parsed). The same files as
-    `iter_post_files` finds, in directory order: this loop is most of a rescan."""
-    with os.scandir(folder) as listing:
-        for entry in listing:
-            name = entry.name
-            if entry.is_dir():
-                if not name.startswith((".", "_")):
-                    _stat_walk(entry.path, cache, seen, fresh)
-                continue
-            if not is_post_file(name):
-                continue
-            try:
-                stat = entry.stat()  # follows symlinks, like reading the file will
-                key = (stat.st_size, stat.st_mtime_ns)
-            except OSError:
-                key = (-1, -1)  # read_post_file reports why
-            path = entry.path
-            cached = cache.get(path)
-            if cached is not None and cached[0] == key:
-                seen[path] = cached
-            else:
-                seen[path] = (key, _NOT_READ)
-                fresh.append(path)
+    into `seen`, any other path into `fresh` (to be parsed). This loop is most of a rescan."""
+    for path, key in _walk_keys(folder):
+        cached = cache.get(path)
+        if cached is not None and cached[0] == key:
+            seen[path] = cached
+        else:
+            seen[path] = (key, _NOT_READ)
+            fresh.append(path)
 
 
 def _walk_keys(folder: str) -> Iterator[tuple[str, FileKey]]:
-    """Yield each post file's path and (size, mtime), in the order `_stat_walk` sees them."""
+    """Yield each post file's path and (size, mtime) (stat follows symlinks, as reading the
+    file will; (-1, -1) if it cannot be stat'ed: reading it says why), in directory order:
+    the files `posts.iter_post_files` finds, without its sort."""
     with os.scandir(folder) as listing:
         for entry in listing:
             name = entry.name
