@@ -298,7 +298,7 @@ class SiteBuilder:
         its report again, having read no post. Else None: build."""
         last = self._last_state()
         outcome = last.outcome
-        if outcome is None or outcome.stamp != self._outcome_stamp() or (
+        if outcome is None or outcome.stamp != self.planner.browser_templates_key() or (
                 outcome.until is not None and datetime.fromisoformat(outcome.until) <= now):
             return None
         walk, count = self.collection.fingerprint()
@@ -332,15 +332,6 @@ class SiteBuilder:
         else:
             self._recorded_posts.update(fresh)
 
-    def _outcome_stamp(self) -> str:
-        """What a "nothing changed" answer holds for besides the posts: the settings, the
-        code, and the templates of the pages (or the stylesheet)."""
-        from postroom.feedpages import PAGE_TEMPLATE
-
-        names = (STYLESHEET,) if self.settings.feeds.for_browsers == "xsl" \
-            else (PAGE_TEMPLATE, "_page.html")
-        return self.planner.templates_key(*names)
-
     def _outcome(self, scan: Scan, report: BuildReport, now: datetime) -> Outcome | None:
         if self.state_file is None or not self.remember_outcome or \
                 self.collection.newest_mtime_ns() > time.time_ns() - RACY_NS:
@@ -349,7 +340,7 @@ class SiteBuilder:
             return None
         walk, _ = self.collection.fingerprint(of_last_scan=True)
         upcoming = [p.published for p in scan.posts if not p.draft and p.published > now]
-        return Outcome(walk=walk, stamp=self._outcome_stamp(),
+        return Outcome(walk=walk, stamp=self.planner.browser_templates_key(),
                        until=min(upcoming).isoformat() if upcoming else None,
                        published=report.published, post_files=report.post_files,
                        problems=[(str(p.path), p.line, p.message) for p in report.problems],

@@ -82,19 +82,25 @@ class FeedPlanner:
         key = self._key(spec.path, entries, repr(spec.history))
         return PlannedFeed(spec, entries, key, kind)
 
-    def _for_browsers(self, feeds: Planned
-                      ) -> Planned:
+    def browser_templates_key(self) -> str:
+        """The key of the templates of what browsers get: the pages', or the stylesheet."""
+        from postroom.feedpages import PAGE_TEMPLATE
+
+        if self.settings.feeds.for_browsers == "xsl":
+            return self.templates_key(STYLESHEET)
+        return self.templates_key(PAGE_TEMPLATE, "_page.html")
+
+    def _for_browsers(self, feeds: Planned) -> Planned:
         """The files for people: an HTML page per feed (one for its formats) and the
         <head> snippet; or, where the site asks for it, the XSL stylesheet."""
-        from postroom.feedpages import HEAD_SNIPPET, PAGE_TEMPLATE, page_path
+        from postroom.feedpages import HEAD_SNIPPET, page_path
 
         formats = self.settings.feeds.formats
+        templates = self.browser_templates_key()
         if self.settings.feeds.for_browsers == "xsl":
             if not any(fmt in ARCHIVED for fmt in formats):
                 return []
-            return [(STYLESHEET, PlannedFeed(None, (), self.templates_key(STYLESHEET),
-                                             "stylesheet"))]
-        templates = self.templates_key(PAGE_TEMPLATE, "_page.html")
+            return [(STYLESHEET, PlannedFeed(None, (), templates, "stylesheet"))]
         planned = [(page_path(name), PlannedFeed(
             feed.spec, feed.entries, self._key(page_path(name), feed.entries, templates),
             "page"))
